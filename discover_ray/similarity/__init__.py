@@ -1,0 +1,194 @@
+"""CLIP-Dissect similarity functions: cos, cos3, rank_reorder, wpmi, soft_wpmi (methods.md §1.2).
+
+``similarity_matrix`` returns the full S[K, M]; ``top_concepts`` returns the same top-k per neuron while
+streaming over concept blocks (and image blocks for the softmax normaliser), so its memory is bounded by
+``memory_budget`` rather than by N×M or K×M. Both run the same kernels, on CPU or CUDA, in float32 or
+float64, deterministically; ties between concepts go to the lower concept index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from discover_ray.similarity._kernels import (
+    Cos3Kernel,
+    CosKernel,
+    Kernel,
+    RankReorderKernel,
+    WpmiKernel,
+    rank_reorder_permutations,
+    rank_reorder_top_n,
+)
+from discover_ray.similarity._params import METHODS, PARAMS, resolve_params
+from discover_ray.similarity._sources import ConceptScores, EmbeddingScores
+from discover_ray.similarity._topk import merge_topk, top_images, topk_lowest_index
+
+__all__ = [
+    "METHODS",
+    "PARAMS",
+    "DEFAULT_MEMORY_BUDGET",
+    "similarity_matrix",
+    "top_concepts",
+    "topk_lowest_index",
+    "top_images",
+    "rank_reorder_permutations",
+    "rank_reorder_top_n",
+    "resolve_params",
+]
+
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+"""Bytes of working memory a call may use for its blocks, on top of its inputs and its output."""
+
+DEFAULT_IMAGE_CHUNK = 8192
+
+
+def similarity_matrix(
+    method: str,
+    activations: Tensor,
+    concept_scores: Tensor,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    **params: Any,
+) -> Tensor:
+    """S[K, M]: how well each concept describes each neuron (higher is better).
+
+    Args:
+        method: one of ``METHODS``.
+        activations: A[N, K], one pooled activation per probe image and neuron.
+        concept_scores: P[N, M], image–concept similarity (e.g. CLIP cosine, or one-hot labels).
+        device: where to compute (default: the activations' device); the result lives there.
+        dtype: ``torch.float32`` (default) or ``torch.float64``.
+        **params: the method's hyperparameters; defaults as in methods.md §1.2 (see ``PARAMS``).
+    """
+    kernel, _ = _build(method, activations, concept_scores, None, None, 1, device, dtype, None, None, params)
+    chunk = kernel.default_concept_chunk()
+    blocks = [kernel.score(s, min(s + chunk, kernel.source.n_concepts)) for s in range(0, kernel.source.n_concepts, chunk)]
+    return torch.cat(blocks, dim=1)
+
+
+def top_concepts(
+    method: str,
+    activations: Tensor,
+    *,
+    concept_scores: Tensor | None = None,
+    image_emb: Tensor | None = None,
+    concept_emb: Tensor | None = None,
+    k: int = 5,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    concept_chunk: int | None = None,
+    image_chunk: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    **params: Any,
+) -> tuple[Tensor, Tensor]:
+    """Each neuron's ``k`` best concepts: ``(values[K, k], indices[K, k])``, best first.
+
+    Equal to ``similarity_matrix(...)`` followed by a top-k with lowest-index tie-breaking, but never
+    holds N×M or K×M. Give P either as ``concept_scores`` [N, M] or implicitly as
+    ``image_emb`` [N, d] @ ``concept_emb`` [M, d]ᵀ (rows are L2-normalised here).
+
+    Args:
+        concept_chunk: concepts per block (default: sized from ``memory_budget`` and the CPU cache).
+        image_chunk: images per block where a pass runs over images (softmax normaliser, cos).
+        memory_budget: bytes of block memory to size the default chunks by.
+    """
+    kernel, n_concepts = _build(
+        method, activations, concept_scores, image_emb, concept_emb, k, device, dtype, image_chunk, memory_budget, params
+    )
+    chunk = concept_chunk or kernel.default_concept_chunk()
+    if chunk < 1:
+        raise ValueError(f"concept_chunk must be at least 1, got {chunk}")
+    values = indices = None
+    for start in range(0, n_concepts, chunk):
+        stop = min(start + chunk, n_concepts)
+        block_values, block_index = topk_lowest_index(kernel.score(start, stop), min(k, stop - start))
+        block_index += start
+        if values is None:
+            values, indices = block_values, block_index
+        else:
+            values, indices = merge_topk(values, indices, block_values, block_index, k)
+    return values, indices
+
+
+def _build(
+    method: str,
+    activations: Tensor,
+    concept_scores: Tensor | None,
+    image_emb: Tensor | None,
+    concept_emb: Tensor | None,
+    k: int,
+    device: str | torch.device | None,
+    dtype: torch.dtype,
+    image_chunk: int | None,
+    memory_budget: int | None,
+    params: dict[str, Any],
+) -> tuple[Kernel, int]:
+    resolved = resolve_params(method, params)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if activations.ndim != 2:
+        raise ValueError(f"activations must be 2-D [N images, K neurons], got shape {tuple(activations.shape)}")
+    compute = torch.device(device) if device is not None else activations.device
+    n_images = activations.shape[0]
+    if (concept_scores is None) == (image_emb is None and concept_emb is None):
+        raise ValueError("give either concept_scores [N, M] or both image_emb [N, d] and concept_emb [M, d]")
+    if concept_scores is not None:
+        _check_matrix("concept_scores", concept_scores, n_images)
+        source: ConceptScores | EmbeddingScores = ConceptScores(concept_scores, compute, dtype)
+    else:
+        if image_emb is None or concept_emb is None:
+            raise ValueError("image_emb and concept_emb must be given together")
+        _check_matrix("image_emb", image_emb, n_images)
+        _check_matrix("concept_emb", concept_emb, None)
+        if image_emb.shape[1] != concept_emb.shape[1]:
+            raise ValueError(
+                f"image_emb has width {image_emb.shape[1]} but concept_emb has width {concept_emb.shape[1]}; "
+                "both must come from the same encoder"
+            )
+        source = EmbeddingScores(image_emb, concept_emb, compute, dtype)
+    n_concepts = source.n_concepts
+    if not torch.isfinite(activations).all():
+        raise ValueError("activations contain NaN or infinite values")
+    if not 1 <= k <= n_concepts:
+        raise ValueError(f"k={k} concepts requested but the concept set has {n_concepts}; use 1 <= k <= {n_concepts}")
+    needed = _images_needed(method, resolved, n_images)
+    if n_images < needed:
+        raise ValueError(
+            f"{method} needs at least {needed} probe images per neuron but got N={n_images}; "
+            "use a larger probe set or lower its top_k / top_fraction"
+        )
+    a = activations.to(device=compute, dtype=dtype)
+    budget = memory_budget or DEFAULT_MEMORY_BUDGET
+    rows = image_chunk or DEFAULT_IMAGE_CHUNK
+    if rows < 1:
+        raise ValueError(f"image_chunk must be at least 1, got {rows}")
+    if method == "cos":
+        return CosKernel(a, source, resolved, budget, rows), n_concepts
+    if method == "cos3":
+        return Cos3Kernel(a, source, resolved, budget), n_concepts
+    if method == "rank_reorder":
+        return RankReorderKernel(a, source, resolved, budget), n_concepts
+    return WpmiKernel(a, source, resolved, budget, rows), n_concepts
+
+
+def _images_needed(method: str, params: Any, n_images: int) -> int:
+    if method in ("wpmi", "soft_wpmi"):
+        return params.top_k
+    if method == "rank_reorder" and rank_reorder_top_n(n_images, params.top_fraction) < 1:
+        return int(-(-1 // params.top_fraction))  # ceil(1 / top_fraction)
+    return 1
+
+
+def _check_matrix(name: str, x: Tensor, rows: int | None) -> None:
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
+    if rows is not None and x.shape[0] != rows:
+        raise ValueError(f"{name} has {x.shape[0]} rows but activations have {rows} images; rows must align by image")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has no columns")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")

@@ -1,0 +1,78 @@
+"""Where the image–concept scores P[N, M] come from: a given matrix, or L2-normalised embeddings.
+
+Kernels only ever ask for column blocks ``P[rows, start:stop]``, so an embedding source never builds
+the whole N×M matrix, and a given matrix is sliced and moved to the compute device block by block.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class ConceptScores:
+    """P[N, M] given directly; blocks are copied to ``device``/``dtype`` on demand."""
+
+    def __init__(self, scores: Tensor, device: torch.device, dtype: torch.dtype, rows: Tensor | None = None):
+        self.scores = scores
+        self.device = device
+        self.dtype = dtype
+        self._rows = rows
+
+    @property
+    def n_rows(self) -> int:
+        return self.scores.shape[0] if self._rows is None else self._rows.numel()
+
+    @property
+    def n_concepts(self) -> int:
+        return self.scores.shape[1]
+
+    def restrict(self, rows: Tensor) -> "ConceptScores":
+        """The same scores seen only at image ``rows`` (indices into the full image axis)."""
+        return ConceptScores(self.scores, self.device, self.dtype, rows.to(self.scores.device))
+
+    def block(self, start: int, stop: int, row_start: int = 0, row_stop: int | None = None) -> Tensor:
+        """``P[rows[row_start:row_stop], start:stop]`` on the compute device."""
+        columns = self.scores[:, start:stop]
+        if self._rows is None:
+            part = columns[row_start:row_stop]
+        else:
+            part = columns.index_select(0, self._rows[row_start:row_stop])
+        return part.to(device=self.device, dtype=self.dtype)
+
+
+class EmbeddingScores:
+    """P = I Cᵀ for row-normalised image embeddings I[N, d] and concept embeddings C[M, d]."""
+
+    def __init__(self, image_emb: Tensor, concept_emb: Tensor, device: torch.device, dtype: torch.dtype):
+        self.image_emb = _normalise(image_emb.to(device=device, dtype=dtype))
+        self.concept_emb = _normalise(concept_emb.to(device=device, dtype=dtype))
+        self.device = device
+        self.dtype = dtype
+
+    @property
+    def n_rows(self) -> int:
+        return self.image_emb.shape[0]
+
+    @property
+    def n_concepts(self) -> int:
+        return self.concept_emb.shape[0]
+
+    def restrict(self, rows: Tensor) -> "EmbeddingScores":
+        view = object.__new__(EmbeddingScores)
+        view.image_emb = self.image_emb.index_select(0, rows.to(self.device))
+        view.concept_emb, view.device, view.dtype = self.concept_emb, self.device, self.dtype
+        return view
+
+    def block(self, start: int, stop: int, row_start: int = 0, row_stop: int | None = None) -> Tensor:
+        return self.image_emb[row_start:row_stop] @ self.concept_emb[start:stop].T
+
+    def column_norms(self, start: int, stop: int) -> Tensor:
+        """‖P[:, m]‖₂ over all images without forming P: sqrt(c_m ᵀ (IᵀI) c_m)."""
+        gram = self.image_emb.T @ self.image_emb
+        chunk = self.concept_emb[start:stop]
+        return ((chunk @ gram) * chunk).sum(dim=1).clamp_min(0).sqrt()
+
+
+def _normalise(x: Tensor) -> Tensor:
+    return x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
