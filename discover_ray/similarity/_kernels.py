@@ -51,15 +51,20 @@ class Kernel:
 
 
 class CosKernel(Kernel):
-    """S = Âᵀ P̂ with columns L2-normalised over images (norms floored at ``eps``: dead → 0, not NaN)."""
+    """S = Âᵀ P̂ with columns L2-normalised over images (norms floored at ``eps``: dead → 0, not NaN).
+
+    Computed as (Aᵀ P) / (‖A‖ ‖P‖): normalising after the product keeps the dot products exact for
+    exactly representable data, so equal columns tie bit for bit whatever the chunking.
+    """
 
     def __init__(self, activations: Tensor, source: Source, params: CosParams, memory_budget: int, image_chunk: int):
         super().__init__(activations, source, memory_budget)
         self.eps = params.eps
         self.image_chunk = image_chunk
-        self.a_hat = activations / activations.norm(dim=0, keepdim=True).clamp_min(self.eps)
+        self.activations = activations
+        self.a_norms = activations.norm(dim=0).clamp_min(self.eps)
         if isinstance(source, EmbeddingScores):
-            self.factor = self.a_hat.T @ source.image_emb  # [K, d]: S = (Âᵀ I) Cᵀ / ‖P_m‖
+            self.factor = activations.T @ source.image_emb  # [K, d]: Aᵀ P = (Aᵀ I) Cᵀ
 
     def default_concept_chunk(self) -> int:
         rows = 0 if isinstance(self.source, EmbeddingScores) else min(self.image_chunk, self.n_images)
@@ -70,14 +75,14 @@ class CosKernel(Kernel):
             raw = self.factor @ self.source.concept_emb[start:stop].T
             norms = self.source.column_norms(start, stop)
         else:
-            raw = torch.zeros(self.n_neurons, stop - start, dtype=self.a_hat.dtype, device=self.a_hat.device)
-            sq = torch.zeros(stop - start, dtype=self.a_hat.dtype, device=self.a_hat.device)
+            raw = torch.zeros(self.n_neurons, stop - start, dtype=self.activations.dtype, device=self.activations.device)
+            sq = torch.zeros(stop - start, dtype=self.activations.dtype, device=self.activations.device)
             for r in range(0, self.n_images, self.image_chunk):
                 block = self.source.block(start, stop, r, r + self.image_chunk)
-                raw.addmm_(self.a_hat[r : r + self.image_chunk].T, block)
+                raw.addmm_(self.activations[r : r + self.image_chunk].T, block)
                 sq.add_((block * block).sum(dim=0))
             norms = sq.sqrt()
-        return raw / norms.clamp_min(self.eps)
+        return raw.div_(self.a_norms[:, None]).div_(norms.clamp_min(self.eps))
 
 
 class Cos3Kernel(Kernel):
@@ -86,18 +91,20 @@ class Cos3Kernel(Kernel):
     def __init__(self, activations: Tensor, source: Source, params: Cos3Params, memory_budget: int):
         super().__init__(activations, source, memory_budget)
         self.min_norm = params.min_norm
-        self.a_tilde = _centred_cube(activations, self.min_norm)
+        self.a_cubed, self.a_norms = _centred_cube(activations, self.min_norm)
 
     def default_concept_chunk(self) -> int:
         return self._fit(self.itemsize * (3 * self.n_images + self.n_neurons))
 
     def score(self, start: int, stop: int) -> Tensor:
-        return self.a_tilde.T @ _centred_cube(self.source.block(start, stop), self.min_norm)
+        p_cubed, p_norms = _centred_cube(self.source.block(start, stop), self.min_norm)
+        return (self.a_cubed.T @ p_cubed).div_(self.a_norms[:, None]).div_(p_norms)
 
 
-def _centred_cube(x: Tensor, min_norm: float) -> Tensor:
+def _centred_cube(x: Tensor, min_norm: float) -> tuple[Tensor, Tensor]:
+    """Columns centred over images and cubed, and their L2 norms floored at ``min_norm``."""
     cubed = (x - x.mean(dim=0, keepdim=True)).pow_(3)
-    return cubed.div_(cubed.norm(dim=0, keepdim=True).clamp_min(min_norm))
+    return cubed, cubed.norm(dim=0).clamp_min(min_norm)
 
 
 class WpmiKernel(Kernel):
