@@ -39,7 +39,7 @@ __all__ = [
     "resolve_params",
 ]
 
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
+DEFAULT_MEMORY_BUDGET = 128 * 2**20
 """Bytes of working memory a call may use for its blocks, on top of its inputs and its output."""
 
 DEFAULT_IMAGE_CHUNK = 8192
@@ -151,7 +151,7 @@ def _build(
             )
         source = EmbeddingScores(image_emb, concept_emb, compute, dtype)
     n_concepts = source.n_concepts
-    if not torch.isfinite(activations).all():
+    if not _all_finite(activations):
         raise ValueError("activations contain NaN or infinite values")
     if not 1 <= k <= n_concepts:
         raise ValueError(f"k={k} concepts requested but the concept set has {n_concepts}; use 1 <= k <= {n_concepts}")
@@ -190,5 +190,16 @@ def _check_matrix(name: str, x: Tensor, rows: int | None) -> None:
         raise ValueError(f"{name} has {x.shape[0]} rows but activations have {rows} images; rows must align by image")
     if x.shape[1] == 0:
         raise ValueError(f"{name} has no columns")
-    if not torch.isfinite(x).all():
+    if not _all_finite(x):
         raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _all_finite(x: Tensor, block_elements: int = 1 << 22) -> bool:
+    """NaN and ±inf propagate into a plain sum; only if that sum overflows, check block by block.
+
+    Unlike ``torch.isfinite(x).all()`` this needs no temporary as large as ``x``.
+    """
+    if x.numel() == 0 or bool(torch.isfinite(x.sum())):
+        return True
+    flat = x.reshape(-1) if x.is_contiguous() else x.flatten()
+    return all(bool(torch.isfinite(flat[s : s + block_elements]).all()) for s in range(0, flat.numel(), block_elements))

@@ -148,16 +148,24 @@ class WpmiKernel(Kernel):
         self.log_normaliser = self._log_normaliser(image_chunk)
 
     def _log_normaliser(self, image_chunk: int) -> Tensor:
-        """logsumexp over all concepts of a·P, for the needed rows, streamed over image × concept blocks."""
+        """logsumexp over all concepts of a·P, for the needed rows, streamed over image × concept blocks.
+
+        Each block is reduced in place (scale, shift, exp, sum), so a block is the only temporary.
+        """
         src, n_rows, n_concepts = self.scores_at_rows, self.scores_at_rows.n_rows, self.source.n_concepts
-        step = max(1, min(n_concepts, self.memory_budget // (2 * self.itemsize * max(1, min(image_chunk, n_rows)))))
+        rows_per_block = max(1, min(image_chunk, n_rows))
+        step = max(1, min(n_concepts, self.memory_budget // (4 * self.itemsize * rows_per_block)))
         parts = []
-        for r in range(0, n_rows, image_chunk):
-            z = None
+        for r in range(0, n_rows, rows_per_block):
+            peak = total = None
             for s in range(0, n_concepts, step):
-                block = torch.logsumexp(src.block(s, min(s + step, n_concepts), r, r + image_chunk) * self.a, dim=1)
-                z = block if z is None else torch.logaddexp(z, block)
-            parts.append(z)
+                block = src.block(s, min(s + step, n_concepts), r, r + rows_per_block).mul_(self.a)
+                block_peak = block.amax(dim=1)
+                new_peak = block_peak if peak is None else torch.maximum(peak, block_peak)
+                block_sum = block.sub_(new_peak[:, None]).exp_().sum(dim=1)
+                total = block_sum if total is None else total.mul_(torch.exp(peak - new_peak)).add_(block_sum)
+                peak = new_peak
+            parts.append(peak + torch.log(total))
         return torch.cat(parts)
 
     def default_concept_chunk(self) -> int:

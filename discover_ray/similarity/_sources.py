@@ -11,7 +11,7 @@ from torch import Tensor
 
 
 class ConceptScores:
-    """P[N, M] given directly; blocks are copied to ``device``/``dtype`` on demand."""
+    """P[N, M] given directly; blocks are fresh copies on ``device``/``dtype``, the input is never modified."""
 
     def __init__(self, scores: Tensor, device: torch.device, dtype: torch.dtype, rows: Tensor | None = None):
         self.scores = scores
@@ -29,15 +29,14 @@ class ConceptScores:
 
     def restrict(self, rows: Tensor) -> "ConceptScores":
         """The same scores seen only at image ``rows`` (indices into the full image axis)."""
-        return ConceptScores(self.scores, self.device, self.dtype, rows.to(self.scores.device))
+        return ConceptScores(self.scores, self.device, self.dtype, rows)
 
     def block(self, start: int, stop: int, row_start: int = 0, row_stop: int | None = None) -> Tensor:
         """``P[rows[row_start:row_stop], start:stop]`` on the compute device."""
         columns = self.scores[:, start:stop]
-        if self._rows is None:
-            part = columns[row_start:row_stop]
-        else:
-            part = columns.index_select(0, self._rows[row_start:row_stop])
+        if self._rows is None:  # a view of the caller's tensor: copy, kernels work on blocks in place
+            return columns[row_start:row_stop].to(device=self.device, dtype=self.dtype, copy=True)
+        part = columns.index_select(0, self._rows[row_start:row_stop].to(columns.device))
         return part.to(device=self.device, dtype=self.dtype)
 
 
@@ -75,4 +74,8 @@ class EmbeddingScores:
 
 
 def _normalise(x: Tensor) -> Tensor:
-    return x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    """Rows scaled to unit L2 norm; rows already unit-norm (to rounding) are used as they are, uncopied."""
+    norms = x.norm(dim=1, keepdim=True)
+    if bool(((norms - 1).abs() <= 8 * torch.finfo(x.dtype).eps).all()):
+        return x
+    return x / norms.clamp_min(torch.finfo(x.dtype).tiny)

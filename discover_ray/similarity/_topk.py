@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 
-def topk_lowest_index(x: Tensor, k: int, *, block_elements: int = 1 << 24) -> tuple[Tensor, Tensor]:
+def topk_lowest_index(x: Tensor, k: int, *, block_elements: int = 1 << 22) -> tuple[Tensor, Tensor]:
     """Top ``k`` of each row of ``x`` (2-D), sorted by value descending, then by index ascending.
 
     Rows are processed in blocks of about ``block_elements`` entries to bound the temporary masks.

@@ -1,0 +1,181 @@
+"""Benchmark of top_concepts against the reference repository's approach, measured in the same run.
+
+The baseline follows CLIP-Dissect's code path: the whole N×M matrix (and its softmax) in memory and a
+Python loop over neurons (rank-reorder: two sorts per column). Ours streams concept blocks. Both get
+the same P; ours is also run with P given implicitly by embeddings. Prints one JSON document.
+
+    python tests/benchmarks/bench_similarity.py                       # N=20 000, K=512, M=5 000 on CPU
+    python tests/benchmarks/bench_similarity.py --scale imagenet      # N=50 000, K=2 048, M=20 000
+    python tests/benchmarks/bench_similarity.py --device cuda --scale imagenet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from discover_ray.similarity import METHODS, rank_reorder_permutations, top_concepts  # noqa: E402
+from tests.benchmarks._measure import isolate_allocator, measure  # noqa: E402
+
+SCALES = {"20k": (20_000, 512, 5_000), "imagenet": (50_000, 2_048, 20_000), "small": (4_000, 128, 1_000)}
+EMBED_DIM = 512
+
+
+# ----- baselines: the reference approach ------------------------------------------------------------
+def baseline_cos(A, P, k, chunk=10_000):
+    a_hat = A / A.norm(dim=0, keepdim=True)
+    p_hat = P / P.norm(dim=0, keepdim=True)
+    S = torch.cat([a_hat.T @ p_hat[:, s : s + chunk] for s in range(0, P.shape[1], chunk)], dim=1)
+    return S.topk(k, dim=1)
+
+
+def baseline_cos3(A, P, k, min_norm=1e-3, chunk=10_000):
+    def transform(x):
+        x = (x - x.mean(dim=0, keepdim=True)) ** 3
+        return x / x.norm(dim=0, keepdim=True).clamp_min(min_norm)
+
+    a_t, p_t = transform(A), transform(P)
+    S = torch.cat([a_t.T @ p_t[:, s : s + chunk] for s in range(0, P.shape[1], chunk)], dim=1)
+    return S.topk(k, dim=1)
+
+
+def baseline_soft_wpmi(A, P, k, top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_end=0.97, soft=True):
+    Q = torch.softmax(a * P, dim=1)  # the whole N×M softmax
+    inds = torch.topk(A, k=top_k, dim=0).indices  # [top_k, K]
+    if soft:
+        p = (p_start - torch.arange(top_k, dtype=A.dtype) / top_k * (p_start - p_end))[:, None]
+    else:
+        p = torch.ones(top_k, 1, dtype=A.dtype)
+    rows = []
+    for neuron in range(A.shape[1]):  # one neuron at a time
+        q = Q[inds[:, neuron]]
+        rows.append(torch.log(1 + p * (q - 1) + min_prob).sum(dim=0))
+    log_cond = torch.stack(rows)
+    log_prior = torch.logsumexp(log_cond, dim=0) - math.log(A.shape[1])
+    return (log_cond - lam * log_prior).topk(k, dim=1)
+
+
+def baseline_wpmi(A, P, k):
+    return baseline_soft_wpmi(A, P, k, top_k=28, a=2.0, lam=0.6, soft=False)
+
+
+def baseline_rank_reorder(A, P, k, p=3.0, top_fraction=0.05, scale_p=0.5, chunk=1_500):
+    n = int(A.shape[0] * top_fraction)
+    top_values, inds = torch.topk(A, k=n, dim=0)  # [n, K]
+    perms = rank_reorder_permutations(n, 5, 0)
+    S = torch.empty(A.shape[1], P.shape[1])
+    for s in range(0, P.shape[1], chunk):
+        for neuron in range(A.shape[1]):
+            acts = top_values[:, neuron : neuron + 1]
+            clip = P[inds[:, neuron], s : s + chunk]
+            ranks = clip.argsort(dim=0, descending=True).argsort(dim=0)  # two sorts per column
+            reordered = acts[:, 0][ranks]
+            err = (acts - reordered).abs().pow(p).mean(dim=0)
+            base = torch.stack([(acts[:, 0] - acts[perm, 0]).abs().pow(p).mean() for perm in perms]).mean()
+            err = err / base / clip.mean(dim=0).clamp_min(1e-6) ** scale_p
+            S[neuron, s : s + chunk] = -err
+    return S.topk(k, dim=1)
+
+
+BASELINES = {
+    "cos": baseline_cos,
+    "cos3": baseline_cos3,
+    "rank_reorder": baseline_rank_reorder,
+    "wpmi": baseline_wpmi,
+    "soft_wpmi": baseline_soft_wpmi,
+}
+
+
+# ----- data -------------------------------------------------------------------------------------------
+def make_inputs(n, k, m, seed=0):
+    """CLIP-like inputs: unit embeddings with shared structure, non-negative activations tied to them."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(64, EMBED_DIM, generator=g)
+    image_emb = torch.nn.functional.normalize(torch.randn(n, 64, generator=g) @ basis + 2 * torch.randn(n, EMBED_DIM, generator=g), dim=1)
+    concept_emb = torch.nn.functional.normalize(torch.randn(m, 64, generator=g) @ basis + 2 * torch.randn(m, EMBED_DIM, generator=g), dim=1)
+    readout = torch.randn(EMBED_DIM, k, generator=g)
+    acts = torch.relu(image_emb @ readout + 0.5 * torch.randn(n, k, generator=g))
+    return acts, image_emb, concept_emb
+
+
+def agreement(ours, theirs):
+    same_top1 = float((ours[1][:, 0] == theirs[1][:, 0]).float().mean())
+    scale = float(theirs[0].max() - theirs[0].min()) or 1.0
+    return {"top1_agreement": round(same_top1, 5), "max_value_diff_over_range": float((ours[0] - theirs[0]).abs().max()) / scale}
+
+
+def run(args) -> dict:
+    n, k, m = SCALES[args.scale]
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    acts, image_emb, concept_emb = make_inputs(n, k, m)
+    report = {
+        "benchmark": "similarity.top_concepts",
+        "scale": {"N": n, "K": k, "M": m, "embed_dim": EMBED_DIM},
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "results": {},
+    }
+    if args.device == "cuda":
+        report["gpu"] = torch.cuda.get_device_name()
+    run_baseline = not args.no_baseline and args.scale != "imagenet"
+    scores = image_emb @ concept_emb.T if run_baseline or args.given_p else None
+    for method in args.methods:
+        a = acts
+        entry: dict = {}
+        if method == "rank_reorder" and args.rank_reorder_neurons < k:
+            a = acts[:, : args.rank_reorder_neurons]  # no layer-wide coupling, so a neuron subset times fairly
+            entry["neurons_timed"] = args.rank_reorder_neurons
+        if run_baseline:
+            theirs, entry["baseline"] = measure(lambda: BASELINES[method](a, scores, 5))
+        if scores is not None:
+            ours_p, entry["ours_given_P"] = measure(
+                lambda: top_concepts(method, a, concept_scores=scores, k=5, device=args.device), args.device
+            )
+            if run_baseline:
+                entry["ours_given_P"].update(agreement(tuple(t.cpu() for t in ours_p), theirs))
+                entry["speedup_given_P"] = round(entry["baseline"]["seconds"] / entry["ours_given_P"]["seconds"], 2)
+        dev_emb = (image_emb.to(args.device), concept_emb.to(args.device))
+        ours_e, entry["ours_embeddings"] = measure(
+            lambda: top_concepts(method, a.to(args.device), image_emb=dev_emb[0], concept_emb=dev_emb[1], k=5), args.device
+        )
+        if run_baseline:
+            entry["ours_embeddings"].update(agreement(tuple(t.cpu() for t in ours_e), theirs))
+            entry["extra_memory_ratio_embeddings_vs_baseline"] = round(
+                entry["ours_embeddings"]["extra_mib"] / max(entry["baseline"]["extra_mib"], 1e-9), 4
+            )
+        report["results"][method] = entry
+        print(json.dumps({method: entry}), file=sys.stderr, flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=sorted(SCALES), default="20k")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--given-p", action="store_true", help="also run ours with P given (always on with baselines)")
+    parser.add_argument("--rank-reorder-neurons", type=int, default=64, help="neurons timed for rank_reorder")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    isolate_allocator()
+    report = run(args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
