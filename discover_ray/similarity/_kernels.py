@@ -8,7 +8,10 @@ the blocks; ``top_concepts`` merges per-block top-k lists, so no K×M or N×M ma
 from __future__ import annotations
 
 import math
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -67,8 +70,7 @@ class CosKernel(Kernel):
             self.factor = activations.T @ source.image_emb  # [K, d]: Aᵀ P = (Aᵀ I) Cᵀ
 
     def default_concept_chunk(self) -> int:
-        rows = 0 if isinstance(self.source, EmbeddingScores) else min(self.image_chunk, self.n_images)
-        return self._fit(self.itemsize * (rows + 2 * self.n_neurons))
+        return self._fit(self.itemsize * 3 * self.n_neurons)  # blocks of a given P are views, not copies
 
     def score(self, start: int, stop: int) -> Tensor:
         if isinstance(self.source, EmbeddingScores):
@@ -78,9 +80,9 @@ class CosKernel(Kernel):
             raw = torch.zeros(self.n_neurons, stop - start, dtype=self.activations.dtype, device=self.activations.device)
             sq = torch.zeros(stop - start, dtype=self.activations.dtype, device=self.activations.device)
             for r in range(0, self.n_images, self.image_chunk):
-                block = self.source.block(start, stop, r, r + self.image_chunk)
+                block = self.source.block(start, stop, r, r + self.image_chunk, writable=False)
                 raw.addmm_(self.activations[r : r + self.image_chunk].T, block)
-                sq.add_((block * block).sum(dim=0))
+                sq.add_(torch.linalg.vector_norm(block, dim=0).square_())  # a reduction: no squared copy
             norms = sq.sqrt()
         return raw.div_(self.a_norms[:, None]).div_(norms.clamp_min(self.eps))
 
@@ -116,8 +118,8 @@ class WpmiKernel(Kernel):
     Each term is p_j · (Q + c_j) with c_j = (1 − p_j + min_prob) / p_j, so the sum of logs is
     Σ_j log p_j plus the logs of products of groups of terms. The group length is the largest for
     which no product can underflow or overflow, which replaces 100 logarithms by ~9 in float32.
-    Q is only built for the images that are some neuron's top image; their softmax normaliser is
-    streamed over image and concept blocks.
+    Q is only built for the images some neuron needs (or, for a given P where most are needed, for all
+    images, read in contiguous rows), one concept block at a time after one pass for its normaliser.
     """
 
     def __init__(
@@ -142,19 +144,19 @@ class WpmiKernel(Kernel):
         self.group = _safe_group_length(float(offsets.min()), float(offsets.max()), activations.dtype)
 
         top = top_images(activations, top_k)  # [K, top_k]
-        self.rows, positions = torch.unique(top, sorted=True, return_inverse=True)
-        self.positions = positions  # [K, top_k], indices into self.rows
-        self.scores_at_rows = source.restrict(self.rows)
-        self.log_normaliser = self._log_normaliser(image_chunk)
+        self.rows, self.positions, self.scores_at_rows = _needed_rows(top, source)
+        self.neg_log_normaliser = self._log_normaliser(image_chunk).neg_()  # stored negated: Q = exp(a·P + it)
 
     def _log_normaliser(self, image_chunk: int) -> Tensor:
-        """logsumexp over all concepts of a·P, for the needed rows, streamed over image × concept blocks.
+        """logsumexp over all concepts of a·P for the needed rows, over blocks of about the cache size.
 
-        Each block is reduced in place (scale, shift, exp, sum), so a block is the only temporary.
+        A block holds a few rows of all concepts; when one row alone exceeds it, the concepts are streamed
+        too, with a running maximum.
         """
         src, n_rows, n_concepts = self.scores_at_rows, self.scores_at_rows.n_rows, self.source.n_concepts
-        rows_per_block = max(1, min(image_chunk, n_rows))
-        step = max(1, min(n_concepts, self.memory_budget // (4 * self.itemsize * rows_per_block)))
+        per_block = 2 * CACHE_ELEMENTS  # rows of all concepts that fit the cache
+        rows_per_block = max(1, min(image_chunk, n_rows, per_block // n_concepts))
+        step = min(n_concepts, max(1, per_block // rows_per_block))
         parts = []
         for r in range(0, n_rows, rows_per_block):
             peak = total = None
@@ -169,22 +171,50 @@ class WpmiKernel(Kernel):
         return torch.cat(parts)
 
     def default_concept_chunk(self) -> int:
-        n_rows = self.rows.numel()
-        return self._fit(self.itemsize * (n_rows + (self.group + 4) * self.n_neurons), self.n_neurons * self.group)
+        # Q for the needed rows of one concept block is the largest array: half the budget.
+        return self._fit(2 * self.itemsize * (self.rows.numel() + 4 * self.n_neurons))
+
+    def _softmax_block(self, start: int, stop: int) -> Tensor:
+        """Q[rows, start:stop] = exp(a·P − log-normaliser), built in cache-sized row tiles, three passes."""
+        n_rows, width = self.rows.numel(), stop - start
+        q = torch.empty(n_rows, width, dtype=self.neg_log_normaliser.dtype, device=self.neg_log_normaliser.device)
+        tile = max(1, CACHE_ELEMENTS // width)
+        for r in range(0, n_rows, tile):
+            part = self.scores_at_rows.block_into(q[r : r + tile], start, stop, r)
+            torch.add(self.neg_log_normaliser[r : r + tile, None], part, alpha=self.a, out=part)  # a·P − z in one pass
+            part.exp_()
+        return q
 
     def score(self, start: int, stop: int) -> Tensor:
-        q = self.scores_at_rows.block(start, stop).mul_(self.a).sub_(self.log_normaliser[:, None]).exp_()
+        q = self._softmax_block(start, stop)
         k, top_k = self.positions.shape
+        width = stop - start
         # Sums of logs and the prior reach |x| ~ 10², where float32 cannot resolve the score differences
         # that matter near S = log K (where soft-WPMI saturates), so they accumulate in float64.
-        log_e = torch.full((k, stop - start), self.log_p_total, dtype=torch.float64, device=q.device)
-        for j0 in range(0, top_k, self.group):
-            j1 = min(top_k, j0 + self.group)
-            terms = q.index_select(0, self.positions[:, j0:j1].reshape(-1)).view(k, j1 - j0, stop - start)
-            terms.add_(self.offsets[j0:j1].view(1, -1, 1))
-            log_e.add_(terms.prod(dim=1).to(torch.float64).log_())
+        log_e = torch.full((k, width), self.log_p_total, dtype=torch.float64, device=q.device)
+        block = max(1, CACHE_ELEMENTS // (self.group * width))  # neurons whose terms stay in cache
+        for k0 in range(0, k, block):
+            k1 = min(k, k0 + block)
+            acc = log_e[k0:k1]
+            for j0 in range(0, top_k, self.group):
+                j1 = min(top_k, j0 + self.group)
+                terms = q.index_select(0, self.positions[k0:k1, j0:j1].reshape(-1)).view(k1 - k0, j1 - j0, width)
+                terms.add_(self.offsets[j0:j1].view(1, -1, 1))
+                acc.add_(terms.prod(dim=1).to(torch.float64).log_())
         log_prior = torch.logsumexp(log_e, dim=0) - math.log(k)
         return log_e.sub_(log_prior, alpha=self.lam).to(q.dtype)
+
+
+def _needed_rows(top: Tensor, source: Source) -> tuple[Tensor, Tensor, Source]:
+    """The images some neuron needs, each neuron's top images as positions among them, and P seen there.
+
+    A given P is read in contiguous row ranges when most images are needed: gathering scattered rows of
+    a wide matrix costs more than the few unneeded rows. Embeddings are always restricted (cheaply).
+    """
+    rows, positions = torch.unique(top, sorted=True, return_inverse=True)
+    if isinstance(source, ConceptScores) and 2 * rows.numel() > source.n_rows:
+        return torch.arange(source.n_rows, device=top.device), top, source
+    return rows, positions, source.restrict(rows)
 
 
 def _safe_group_length(smallest: float, largest: float, dtype: torch.dtype, cap: int = 64) -> int:
@@ -198,12 +228,16 @@ def _safe_group_length(smallest: float, largest: float, dtype: torch.dtype, cap:
 
 
 class RankReorderKernel(Kernel):
-    """Rank-reorder with one stable sort per (neuron, concept) column.
+    """Rank-reorder with one sort per (neuron, concept) column.
 
     For neuron k with top-n activations a_1 ≥ … ≥ a_n and a concept whose scores rank those images as
-    σ(1), σ(2), … (highest first), the reordered activations give err = mean_r |a_σ(r) − a_r|^p. It is
-    divided by the neuron's permutation baseline mean_π mean_i |a_i − a_π(i)|^p (seeded permutations)
-    and by max(mean score, min_mean_score)^scale_p; S = −err.
+    σ(1), σ(2), … (highest first, ties in activation order), the reordered activations give
+    err = mean_r |a_σ(r) − a_r|^p. It is divided by the neuron's permutation baseline
+    mean_π mean_i |a_i − a_π(i)|^p (seeded permutations) and by max(mean score, min_mean_score)^scale_p;
+    S = −err. On CPU in float32 each column is sorted as unique integer keys, which makes numpy's
+    vectorised (unstable) sort exactly a stable argsort: 64-bit keys (order-preserving score bits above
+    the activation rank), or, over many neurons, 32-bit keys (the score's rank within the concept, ranked
+    once for all neurons, above the activation rank).
     """
 
     def __init__(self, activations: Tensor, source: Source, params: RankReorderParams, memory_budget: int):
@@ -212,37 +246,103 @@ class RankReorderKernel(Kernel):
         n = rank_reorder_top_n(self.n_images, params.top_fraction)
         top = top_images(activations, n)  # [K, n]
         self.top_values = activations.T.gather(1, top)  # [K, n], descending
-        self.rows, self.positions = torch.unique(top, sorted=True, return_inverse=True)
-        self.scores_at_rows = source.restrict(self.rows)
+        self.rows, self.positions, self.scores_at_rows = _needed_rows(top, source)
         perms = rank_reorder_permutations(n, params.n_permutations, params.seed).to(activations.device)
         shuffled = self.top_values[:, perms]  # [K, R, n]
         self.baseline = (self.top_values[:, None, :] - shuffled).abs_().pow_(params.p).mean(dim=(1, 2), dtype=torch.float64)
         self.baseline.clamp_min_(torch.finfo(torch.float64).tiny)
+        self.packed_keys = (
+            activations.device.type == "cpu" and activations.dtype == torch.float32 and sys.byteorder == "little"
+        )
 
     def default_concept_chunk(self) -> int:
         n = self.top_values.shape[1]
-        return self._fit(self.itemsize * (self.rows.numel() + 8 * n), 4 * n)
+        return self._fit(self.itemsize * (2 * self.rows.numel() + 8 * n), 4 * n)
 
     def score(self, start: int, stop: int) -> Tensor:
         p = self.params
-        scores = self.scores_at_rows.block(start, stop)  # [|U|, m]
+        by_concept = self.scores_at_rows.block(start, stop).T.contiguous()  # [m, rows]
         m = stop - start
         k, n = self.positions.shape
-        out = torch.empty(k, m, dtype=scores.dtype, device=scores.device)
+        rank_bits = max(1, (by_concept.shape[1] - 1).bit_length())
+        position_bits = max(1, (n - 1).bit_length())
+        # Ranking each concept's scores once lets every column sort 32-bit keys instead of 64-bit ones;
+        # it pays off when the neurons' columns hold several times more entries than a concept has rows.
+        small_keys = self.packed_keys and rank_bits + position_bits <= 31 and k * n >= 4 * by_concept.shape[1]
+        dense = _dense_ranks(by_concept) if small_keys else None  # shared by all neurons of this block
+        out = torch.empty(k, m, dtype=by_concept.dtype, device=by_concept.device)
         block = max(1, CACHE_ELEMENTS * 4 // (n * m))
         for k0 in range(0, k, block):
             k1 = min(k, k0 + block)
-            gathered = scores.index_select(0, self.positions[k0:k1].reshape(-1)).view(k1 - k0, n, m)
-            gathered = gathered.transpose(1, 2).contiguous()  # [B, m, n]: one row per (neuron, concept)
-            # Mean scores of mixed sign cancel, so both means reduce in float64.
-            mean_score = gathered.mean(dim=2, dtype=torch.float64)
-            order = gathered.argsort(dim=2, descending=True, stable=True)
-            values = self.top_values[k0:k1, None, :]
-            reordered = values.expand(-1, m, -1).gather(2, order)
-            err = reordered.sub_(values).abs_().pow_(p.p).mean(dim=2, dtype=torch.float64)
-            err.div_(self.baseline[k0:k1, None]).div_(mean_score.clamp_min_(p.min_mean_score).pow_(p.scale_p))
-            out[k0:k1] = err.neg_()
+            flat = self.positions[k0:k1].reshape(-1)
+            # [m, B, n]: for each concept, the scores of each neuron's top images in activation order.
+            scores = by_concept.index_select(1, flat).view(m, k1 - k0, n)
+            if dense is not None:
+                order = _order_by_dense_rank(dense.index_select(1, flat).view(m, k1 - k0, n), position_bits)
+            elif self.packed_keys:
+                order = _descending_order(scores)
+            else:
+                order = scores.argsort(dim=2, descending=True, stable=True)
+            values = self.top_values[None, k0:k1, :]
+            reordered = values.expand(m, -1, -1).gather(2, order)  # a_σ(r)
+            err = reordered.sub_(values).abs_().pow_(p.p).mean(dim=2, dtype=torch.float64)  # float64: no cancellation
+            mean_score = scores.mean(dim=2, dtype=torch.float64).clamp_min_(p.min_mean_score)
+            err.div_(self.baseline[None, k0:k1]).div_(mean_score.pow_(p.scale_p))
+            out[k0:k1] = err.neg_().T
         return out
+
+
+_SORT_POOL: ThreadPoolExecutor | None = None
+
+
+def _sort_rows_in_place(rows: np.ndarray) -> None:
+    """numpy's vectorised sort of each row, on row ranges in threads (it releases the GIL)."""
+    global _SORT_POOL
+    threads = max(1, min(torch.get_num_threads(), rows.shape[0]))
+    if threads == 1:
+        rows.sort(axis=-1)
+        return
+    if _SORT_POOL is None or _SORT_POOL._max_workers != threads:
+        _SORT_POOL = ThreadPoolExecutor(threads, thread_name_prefix="rank-reorder-sort")
+    bounds = [rows.shape[0] * i // threads for i in range(threads + 1)]
+    list(_SORT_POOL.map(lambda i: rows[bounds[i] : bounds[i + 1]].sort(axis=-1), range(threads)))
+
+
+def _packed_descending_keys(scores: Tensor) -> Tensor:
+    """int64 keys (order-preserving int of −score) · 2³² + position: ascending = score desc, then position."""
+    n = scores.shape[-1]
+    bits = (scores + 0.0).view(torch.int32)  # + 0.0 turns −0.0 into +0.0 so they tie
+    monotone = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # int32 order == float order
+    halves = torch.empty(*scores.shape, 2, dtype=torch.int32)
+    halves[..., 1] = ~monotone  # high word: larger score → smaller key (little-endian int64 layout)
+    halves[..., 0] = torch.arange(n, dtype=torch.int32)  # low word: the position breaks ties
+    return halves.view(torch.int64).view(*scores.shape)
+
+
+def _descending_order(scores: Tensor) -> Tensor:
+    """Stable descending argsort along the last axis of a float32 CPU tensor, via unique packed keys."""
+    keys = _packed_descending_keys(scores)
+    _sort_rows_in_place(keys.numpy().reshape(-1, scores.shape[-1]))
+    return keys.bitwise_and_(0xFFFFFFFF)
+
+
+def _dense_ranks(scores: Tensor) -> Tensor:
+    """int32 [m, n]: each entry's dense rank within its row, 0 for the highest score; equal scores share one."""
+    keys = _packed_descending_keys(scores)
+    _sort_rows_in_place(keys.numpy().reshape(-1, scores.shape[-1]))
+    high = keys >> 32
+    starts = torch.ones(high.shape, dtype=torch.int32)
+    starts[:, 1:] = high[:, 1:] != high[:, :-1]
+    ranks = torch.empty(high.shape, dtype=torch.int32)
+    ranks.scatter_(1, keys.bitwise_and_(0xFFFFFFFF), starts.cumsum(dim=1, dtype=torch.int32).sub_(1))
+    return ranks
+
+
+def _order_by_dense_rank(dense: Tensor, position_bits: int) -> Tensor:
+    """Stable argsort by dense rank along the last axis: sort int32 keys rank · 2^bits + position."""
+    keys = (dense << position_bits).bitwise_or_(torch.arange(dense.shape[-1], dtype=torch.int32))
+    _sort_rows_in_place(keys.numpy().reshape(-1, dense.shape[-1]))
+    return keys.bitwise_and_((1 << position_bits) - 1).long()
 
 
 def rank_reorder_top_n(n_images: int, top_fraction: float) -> int:

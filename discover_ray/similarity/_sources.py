@@ -27,15 +27,29 @@ class ConceptScores:
     def n_concepts(self) -> int:
         return self.scores.shape[1]
 
+    def block_into(self, out: Tensor, start: int, stop: int, row_start: int = 0) -> Tensor:
+        """Write ``P[rows[row_start:row_start + len(out)], start:stop]`` into ``out`` (one pass, no temporary)."""
+        columns = self.scores[:, start:stop]
+        row_stop = row_start + out.shape[0]
+        if self._rows is not None and columns.dtype == out.dtype and columns.device == out.device:
+            return torch.index_select(columns, 0, self._rows[row_start:row_stop], out=out)
+        return out.copy_(self.block(start, stop, row_start, row_stop, writable=False))
+
     def restrict(self, rows: Tensor) -> "ConceptScores":
         """The same scores seen only at image ``rows`` (indices into the full image axis)."""
         return ConceptScores(self.scores, self.device, self.dtype, rows)
 
-    def block(self, start: int, stop: int, row_start: int = 0, row_stop: int | None = None) -> Tensor:
-        """``P[rows[row_start:row_stop], start:stop]`` on the compute device."""
+    def block(
+        self, start: int, stop: int, row_start: int = 0, row_stop: int | None = None, writable: bool = True
+    ) -> Tensor:
+        """``P[rows[row_start:row_stop], start:stop]`` on the compute device.
+
+        Kernels modify blocks in place, so by default a block never aliases the caller's tensor;
+        ``writable=False`` allows a view for read-only use.
+        """
         columns = self.scores[:, start:stop]
-        if self._rows is None:  # a view of the caller's tensor: copy, kernels work on blocks in place
-            return columns[row_start:row_stop].to(device=self.device, dtype=self.dtype, copy=True)
+        if self._rows is None:
+            return columns[row_start:row_stop].to(device=self.device, dtype=self.dtype, copy=writable)
         part = columns.index_select(0, self._rows[row_start:row_stop].to(columns.device))
         return part.to(device=self.device, dtype=self.dtype)
 
@@ -63,8 +77,14 @@ class EmbeddingScores:
         view.concept_emb, view.device, view.dtype = self.concept_emb, self.device, self.dtype
         return view
 
-    def block(self, start: int, stop: int, row_start: int = 0, row_stop: int | None = None) -> Tensor:
+    def block(
+        self, start: int, stop: int, row_start: int = 0, row_stop: int | None = None, writable: bool = True
+    ) -> Tensor:
         return self.image_emb[row_start:row_stop] @ self.concept_emb[start:stop].T
+
+    def block_into(self, out: Tensor, start: int, stop: int, row_start: int = 0) -> Tensor:
+        rows = self.image_emb[row_start : row_start + out.shape[0]]
+        return torch.matmul(rows, self.concept_emb[start:stop].T, out=out)
 
     def column_norms(self, start: int, stop: int) -> Tensor:
         """‖P[:, m]‖₂ over all images without forming P: sqrt(c_m ᵀ (IᵀI) c_m)."""

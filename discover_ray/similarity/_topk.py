@@ -25,6 +25,10 @@ def topk_lowest_index(x: Tensor, k: int, *, block_elements: int = 1 << 22) -> tu
     if k == 0:
         return x[:, :0], torch.empty((rows, 0), dtype=torch.long, device=x.device)
     x = x.contiguous()
+    if k < width:
+        fast = _topk_without_boundary_ties(x, k)
+        if fast is not None:
+            return fast
     threshold = x.topk(k, dim=1).values[:, -1:]
     above = x > threshold
     tied = x == threshold
@@ -32,6 +36,21 @@ def topk_lowest_index(x: Tensor, k: int, *, block_elements: int = 1 << 22) -> tu
     keep = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= slots_for_ties))
     index = keep.nonzero()[:, 1].view(rows, k)  # row-major, so ascending index within a row
     values = x.gather(1, index)
+    order = values.sort(dim=1, descending=True, stable=True).indices
+    return values.gather(1, order), index.gather(1, order)
+
+
+def _topk_without_boundary_ties(x: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
+    """``torch.topk`` reordered by (value desc, index asc), valid when no row's k-th value ties the next.
+
+    Then the selected set is unambiguous and only its order needs the index tie-break. Returns None
+    when some row has such a boundary tie.
+    """
+    values, index = x.topk(k + 1, dim=1)
+    if bool((values[:, k - 1] == values[:, k]).any()):
+        return None
+    index, by_index = index[:, :k].sort(dim=1)
+    values = values[:, :k].gather(1, by_index)
     order = values.sort(dim=1, descending=True, stable=True).indices
     return values.gather(1, order), index.gather(1, order)
 
