@@ -116,8 +116,9 @@ class WpmiKernel(Kernel):
     S[k, m] = log E[p(t_m | B_k)] − λ · (logsumexp_k(...) − log K)     (prior over the whole layer)
 
     Each term is p_j · (Q + c_j) with c_j = (1 − p_j + min_prob) / p_j, so the sum of logs is
-    Σ_j log p_j plus the logs of products of groups of terms. The group length is the largest for
-    which no product can underflow or overflow, which replaces 100 logarithms by ~9 in float32.
+    Σ_j log p_j plus the logs of products of groups of terms (scaled by a constant s to keep them near
+    1). The group length is the largest for which no partial product can underflow or overflow, which
+    replaces 100 logarithms by 4 in float32.
     Q is only built for the images some neuron needs (or, for a given P where most are needed, for all
     images, read in contiguous rows), one concept block at a time after one pass for its normaliser.
     """
@@ -139,13 +140,19 @@ class WpmiKernel(Kernel):
             p = torch.ones(top_k, dtype=torch.float64)
         self.a, self.lam = params.a, params.lam
         offsets = (1 - p + params.min_prob) / p
-        self.offsets = offsets.to(device=activations.device, dtype=activations.dtype)
-        self.log_p_total = float(torch.log(p).sum())
-        self.group = _safe_group_length(float(offsets.min()), float(offsets.max()), activations.dtype)
+        # Factors s·(Q + c_j) with s = 1/√(c_min (1 + c_max)) spread evenly around 1 on a log scale, which
+        # lets the longest group multiply without leaving the normal float range.
+        self.log_scale = -0.5 * math.log(float(offsets.min()) * (1 + float(offsets.max())))
+        scale = math.exp(self.log_scale)
+        self.offsets = (offsets * scale).to(device=activations.device, dtype=activations.dtype)
+        self.log_p_total = float(torch.log(p).sum()) - top_k * self.log_scale
+        self.group = _safe_group_length(float(offsets.min()) * scale, (1 + float(offsets.max())) * scale, activations.dtype)
 
         top = top_images(activations, top_k)  # [K, top_k]
         self.rows, self.positions, self.scores_at_rows = _needed_rows(top, source)
-        self.neg_log_normaliser = self._log_normaliser(image_chunk).neg_()  # stored negated: Q = exp(a·P + it)
+        # Stored negated and shifted by log s, so that the block holds s·Q = exp(a·P + this).
+        self.neg_log_normaliser = self._log_normaliser(image_chunk).neg_().add_(self.log_scale)
+        self._q_buffer: Tensor | None = None
 
     def _log_normaliser(self, image_chunk: int) -> Tensor:
         """logsumexp over all concepts of a·P for the needed rows, over blocks of about the cache size.
@@ -161,10 +168,10 @@ class WpmiKernel(Kernel):
         for r in range(0, n_rows, rows_per_block):
             peak = total = None
             for s in range(0, n_concepts, step):
-                block = src.block(s, min(s + step, n_concepts), r, r + rows_per_block).mul_(self.a)
-                block_peak = block.amax(dim=1)
+                block = src.block(s, min(s + step, n_concepts), r, r + rows_per_block, writable=False)
+                block_peak = block.amax(dim=1).mul_(self.a)  # a > 0
                 new_peak = block_peak if peak is None else torch.maximum(peak, block_peak)
-                block_sum = block.sub_(new_peak[:, None]).exp_().sum(dim=1)
+                block_sum = torch.add(-new_peak[:, None], block, alpha=self.a).exp_().sum(dim=1)  # a·P − max, one pass
                 total = block_sum if total is None else total.mul_(torch.exp(peak - new_peak)).add_(block_sum)
                 peak = new_peak
             parts.append(peak + torch.log(total))
@@ -177,11 +184,21 @@ class WpmiKernel(Kernel):
     def _softmax_block(self, start: int, stop: int) -> Tensor:
         """Q[rows, start:stop] = exp(a·P − log-normaliser), built in cache-sized row tiles, three passes."""
         n_rows, width = self.rows.numel(), stop - start
-        q = torch.empty(n_rows, width, dtype=self.neg_log_normaliser.dtype, device=self.neg_log_normaliser.device)
+        # One buffer serves every block: a fresh tens-of-MB array per block costs page faults.
+        if self._q_buffer is None or self._q_buffer.numel() < n_rows * width:
+            self._q_buffer = torch.empty(
+                n_rows * width, dtype=self.neg_log_normaliser.dtype, device=self.neg_log_normaliser.device
+            )
+        q = self._q_buffer[: n_rows * width].view(n_rows, width)
         tile = max(1, CACHE_ELEMENTS // width)
+        direct = isinstance(self.scores_at_rows, ConceptScores) and self.scores_at_rows.is_view_of_rows()
         for r in range(0, n_rows, tile):
-            part = self.scores_at_rows.block_into(q[r : r + tile], start, stop, r)
-            torch.add(self.neg_log_normaliser[r : r + tile, None], part, alpha=self.a, out=part)  # a·P − z in one pass
+            part = q[r : r + tile]
+            shift = self.neg_log_normaliser[r : r + tile, None]
+            if direct:  # read P where it lies: a·P − z in one pass
+                torch.add(shift, self.scores_at_rows.block(start, stop, r, r + tile, writable=False), alpha=self.a, out=part)
+            else:
+                torch.add(shift, self.scores_at_rows.block_into(part, start, stop, r), alpha=self.a, out=part)
             part.exp_()
         return q
 
@@ -218,12 +235,13 @@ def _needed_rows(top: Tensor, source: Source) -> tuple[Tensor, Tensor, Source]:
 
 
 def _safe_group_length(smallest: float, largest: float, dtype: torch.dtype, cap: int = 64) -> int:
-    """Longest run of factors in [smallest, 1 + largest] whose product stays a normal float (2¹⁰ margin)."""
+    """Longest run of factors in [smallest, largest] whose partial products stay normal floats (2¹⁰ margin)."""
     info = torch.finfo(dtype)
     bound = float(cap)
     if smallest < 1:
         bound = min(bound, math.log(info.tiny * 1024) / math.log(smallest))
-    bound = min(bound, math.log(info.max / 1024) / math.log1p(largest))
+    if largest > 1:
+        bound = min(bound, math.log(info.max / 1024) / math.log(largest))
     return max(1, int(bound))
 
 

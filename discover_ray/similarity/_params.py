@@ -31,7 +31,7 @@ class WpmiParams(_Params):
     """Weighted pointwise mutual information over each neuron's top_k images."""
 
     top_k: int = Field(28, ge=1)
-    a: float = Field(2.0, description="softmax sharpness applied to the concept scores")
+    a: float = Field(2.0, gt=0, description="softmax sharpness applied to the concept scores")
     lam: float = Field(0.6, description="weight of the concept prior log p(t_m)")
     min_prob: float = Field(1e-7, gt=0)
 
@@ -40,7 +40,7 @@ class SoftWpmiParams(_Params):
     """Soft-WPMI: WPMI with rank-dependent inclusion probabilities (CLIP-Dissect's default)."""
 
     top_k: int = Field(100, ge=1)
-    a: float = 10.0
+    a: float = Field(10.0, gt=0, description="softmax sharpness applied to the concept scores")
     lam: float = 1.0
     min_prob: float = Field(1e-7, gt=0)
     p_start: float = Field(0.998, gt=0, le=1)

@@ -35,6 +35,10 @@ class ConceptScores:
             return torch.index_select(columns, 0, self._rows[row_start:row_stop], out=out)
         return out.copy_(self.block(start, stop, row_start, row_stop, writable=False))
 
+    def is_view_of_rows(self) -> bool:
+        """Whether blocks can be read where they lie (all rows, compute device and dtype)."""
+        return self._rows is None and self.scores.device == self.device and self.scores.dtype == self.dtype
+
     def restrict(self, rows: Tensor) -> "ConceptScores":
         """The same scores seen only at image ``rows`` (indices into the full image axis)."""
         return ConceptScores(self.scores, self.device, self.dtype, rows)
@@ -62,6 +66,7 @@ class EmbeddingScores:
         self.concept_emb = _normalise(concept_emb.to(device=device, dtype=dtype))
         self.device = device
         self.dtype = dtype
+        self._gram: Tensor | None = None
 
     @property
     def n_rows(self) -> int:
@@ -75,6 +80,7 @@ class EmbeddingScores:
         view = object.__new__(EmbeddingScores)
         view.image_emb = self.image_emb.index_select(0, rows.to(self.device))
         view.concept_emb, view.device, view.dtype = self.concept_emb, self.device, self.dtype
+        view._gram = None  # a different row set has a different Gram matrix
         return view
 
     def block(
@@ -87,10 +93,11 @@ class EmbeddingScores:
         return torch.matmul(rows, self.concept_emb[start:stop].T, out=out)
 
     def column_norms(self, start: int, stop: int) -> Tensor:
-        """‖P[:, m]‖₂ over all images without forming P: sqrt(c_m ᵀ (IᵀI) c_m)."""
-        gram = self.image_emb.T @ self.image_emb
+        """‖P[:, m]‖₂ over all images without forming P: sqrt(c_m ᵀ (IᵀI) c_m), the Gram matrix built once."""
+        if self._gram is None:
+            self._gram = self.image_emb.T @ self.image_emb
         chunk = self.concept_emb[start:stop]
-        return ((chunk @ gram) * chunk).sum(dim=1).clamp_min(0).sqrt()
+        return ((chunk @ self._gram) * chunk).sum(dim=1).clamp_min(0).sqrt()
 
 
 def _normalise(x: Tensor) -> Tensor:
