@@ -14,6 +14,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from discover_ray.concepts import ConceptSet
+
 __all__ = ["NeuronIdentification", "TextEncoder", "concept_ranks", "neuron_identification", "paired_text_cosine"]
 
 
@@ -70,8 +72,18 @@ def concept_ranks(scores: Tensor, truth: Sequence[int] | Tensor) -> Tensor:
     return (better + tied_before + 1).cpu()
 
 
-def neuron_identification(scores: Tensor, truth: Sequence[int] | Tensor) -> NeuronIdentification:
-    """Top-1 / top-5 accuracy and mean / median rank of the true concepts of a layer's units."""
+def neuron_identification(
+    scores: Tensor, truth: Sequence[int] | Sequence[str] | Tensor, concepts: ConceptSet | None = None
+) -> NeuronIdentification:
+    """Top-1 / top-5 accuracy and mean / median rank of the true concepts of a layer's units.
+
+    ``truth`` holds each unit's true concept: indices into the columns of ``scores``, or, with
+    ``concepts`` (the concept set the columns come from), class names, which must all be in it.
+    """
+    if concepts is not None:
+        if len(concepts) != scores.shape[1]:
+            raise ValueError(f"scores have {scores.shape[1]} concept columns but the concept set has {len(concepts)}")
+        truth = concepts.index_of([str(name) for name in truth])
     return NeuronIdentification(concept_ranks(scores, truth))
 
 

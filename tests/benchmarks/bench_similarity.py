@@ -3,8 +3,9 @@
 The baseline follows CLIP-Dissect's code path: the whole N×M matrix (and its softmax) in memory and a
 Python loop over neurons (rank-reorder: two sorts per column). For (soft-)WPMI a tighter per-neuron
 loop is timed too ("baseline_lean"). Ours streams concept blocks. All get the same P; ours is also run
-with P given implicitly by embeddings. Timings are the best of --repeat runs (all listed); memory is
-measured in a separate pass. Prints one JSON document.
+with P given implicitly by embeddings. Timings are the best of --repeat runs (all listed), all in this
+process; peak memory above the inputs is measured per call in a fresh process that rebuilds the same
+seeded inputs. Prints one JSON document.
 
     python tests/benchmarks/bench_similarity.py                       # N=20 000, K=512, M=5 000 on CPU
     python tests/benchmarks/bench_similarity.py --scale imagenet      # N=50 000, K=2 048, M=20 000
@@ -16,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import platform
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -137,6 +140,37 @@ def agreement(ours, theirs):
     return {"top1_agreement": round(same_top1, 5), "max_value_diff_over_range": float((ours[0] - theirs[0]).abs().max()) / scale}
 
 
+def make_calls(method, a, scores, dev_emb, device, run_baseline) -> dict:
+    """The measured calls of one method: baseline(s) on the given P, ours on P and on embeddings."""
+    calls = {}
+    if run_baseline:
+        calls["baseline"] = lambda: BASELINES[method](a, scores, 5)
+        if method in LEAN_BASELINES:
+            calls["baseline_lean"] = lambda: LEAN_BASELINES[method](a, scores, 5)
+    if scores is not None:
+        calls["ours_given_P"] = lambda: top_concepts(method, a, concept_scores=scores, k=5, device=device)
+    calls["ours_embeddings"] = lambda: top_concepts(
+        method, a.to(device), image_emb=dev_emb[0], concept_emb=dev_emb[1], k=5
+    )
+    return calls
+
+
+def child_peak_memory(arg_values: dict, method: str, name: str) -> dict:
+    """Runs in a fresh process: rebuild the inputs, then measure one call's peak memory above them."""
+    args = argparse.Namespace(**arg_values)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    n, k, m = SCALES[args.scale]
+    acts, image_emb, concept_emb = make_inputs(n, k, m)
+    if method == "rank_reorder" and args.rank_reorder_neurons < k:
+        acts = acts[:, : args.rank_reorder_neurons]
+    scores = image_emb @ concept_emb.T if name in ("baseline", "baseline_lean", "ours_given_P") else None
+    dev_emb = (image_emb.to(args.device), concept_emb.to(args.device))
+    call = make_calls(method, acts, scores, dev_emb, args.device, name.startswith("baseline"))[name]
+    if args.device == "cpu" or name.startswith("baseline"):
+        fix_allocator()
+    return peak_memory(call, "cpu" if name.startswith("baseline") else args.device)
+
+
 def run(args) -> dict:
     n, k, m = SCALES[args.scale]
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -156,27 +190,14 @@ def run(args) -> dict:
     run_baseline = not args.no_baseline and args.scale != "imagenet"
     scores = image_emb @ concept_emb.T if run_baseline or args.given_p else None
     dev_emb = (image_emb.to(args.device), concept_emb.to(args.device))
-
-    # Phase 1: timings (default allocator) and answers.
-    cases: dict[str, dict] = {}
+    # Phase 1: timings (default allocator) and answers, all in this process.
     for method in args.methods:
         a = acts
         entry: dict = {}
         if method == "rank_reorder" and args.rank_reorder_neurons < k:
             a = acts[:, : args.rank_reorder_neurons]  # no layer-wide coupling, so a neuron subset times fairly
             entry["neurons_timed"] = args.rank_reorder_neurons
-        calls = {}
-        if run_baseline:
-            calls["baseline"] = lambda a=a, method=method: BASELINES[method](a, scores, 5)
-            if method in LEAN_BASELINES:
-                calls["baseline_lean"] = lambda a=a, method=method: LEAN_BASELINES[method](a, scores, 5)
-        if scores is not None:
-            calls["ours_given_P"] = lambda a=a, method=method: top_concepts(
-                method, a, concept_scores=scores, k=5, device=args.device
-            )
-        calls["ours_embeddings"] = lambda a=a, method=method: top_concepts(
-            method, a.to(args.device), image_emb=dev_emb[0], concept_emb=dev_emb[1], k=5
-        )
+        calls = make_calls(method, a, scores, dev_emb, args.device, run_baseline)
         answers = {}
         for name, call in calls.items():
             device = "cpu" if name.startswith("baseline") else args.device
@@ -198,16 +219,16 @@ def run(args) -> dict:
                 entry["top1_agreement_with_float64"] = {
                     name: round(float((answers[name][1][:, 0] == truth).float().mean()), 5) for name in answers
                 }
-        cases[method] = calls
         report["results"][method] = entry
 
-    # Phase 2: peak memory, with an allocator that returns large buffers when they are freed.
-    if args.device == "cpu":
-        fix_allocator()
-    for method, calls in cases.items():
+    # Phase 2: peak memory of each call, each in a fresh process that rebuilds the same seeded inputs,
+    # so that no call's measurement inherits what an earlier one left in the allocator.
+    spawn = multiprocessing.get_context("spawn")
+    for method in args.methods:
         entry = report["results"][method]
-        for name, call in calls.items():
-            entry[name].update(peak_memory(call, "cpu" if name.startswith("baseline") else args.device))
+        for name in [n for n in ("baseline", "baseline_lean", "ours_given_P", "ours_embeddings") if n in entry]:
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                entry[name].update(pool.submit(child_peak_memory, vars(args), method, name).result())
         if "baseline" in entry:
             entry["extra_memory_ratio_embeddings_vs_baseline"] = round(
                 entry["ours_embeddings"]["extra_mib"] / max(entry["baseline"]["extra_mib"], 1e-9), 4

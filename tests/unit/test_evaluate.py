@@ -23,6 +23,19 @@ def test_identification_accuracy_and_ranks():
     assert result.as_dict()["units"] == 4
 
 
+def test_identification_by_class_name_within_a_concept_set():
+    from discover_ray.concepts import ConceptSet
+
+    concepts = ConceptSet("words", ("cat", "dog", "car", "tree"))
+    scores = torch.tensor([[0.1, 0.9, 0.0, 0.0], [0.0, 0.2, 0.8, 0.1]])
+    result = neuron_identification(scores, ["dog", "car"], concepts=concepts)
+    assert result.top1 == 1.0
+    with pytest.raises(KeyError, match="lacks 1 concept"):
+        neuron_identification(scores, ["dog", "unicorn"], concepts=concepts)
+    with pytest.raises(ValueError, match="3 concept columns but the concept set has 4"):
+        neuron_identification(scores[:, :3], ["dog", "car"], concepts=concepts)
+
+
 def test_ranks_validate_their_input():
     with pytest.raises(ValueError, match="one true concept per unit"):
         concept_ranks(torch.zeros(3, 4), [0, 1])
