@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from discover_ray.similarity._params import (
     Cos3Params,
@@ -279,9 +279,16 @@ class RankReorderKernel(Kernel):
 
     def score(self, start: int, stop: int) -> Tensor:
         p = self.params
-        by_concept = self.scores_at_rows.block(start, stop).T.contiguous()  # [m, rows]
+        block_rows = self.scores_at_rows.block(start, stop)  # [rows, m]
+        by_concept = block_rows.T.contiguous()  # [m, rows]
         m = stop - start
         k, n = self.positions.shape
+        flat_positions = self.positions.reshape(-1)
+        # Mean score of each neuron's top images, for all neurons at once (a fused gather-mean), in float64
+        # because means of mixed-sign scores cancel.
+        bags = torch.arange(0, k * n, n, device=block_rows.device)
+        mean_score = nn.functional.embedding_bag(flat_positions, block_rows.double(), bags, mode="mean")
+        normaliser = mean_score.clamp_min_(p.min_mean_score).pow_(p.scale_p).mul_(self.baseline[:, None])  # [K, m]
         rank_bits = max(1, (by_concept.shape[1] - 1).bit_length())
         position_bits = max(1, (n - 1).bit_length())
         # Ranking each concept's scores once lets every column sort 32-bit keys instead of 64-bit ones;
@@ -292,21 +299,17 @@ class RankReorderKernel(Kernel):
         block = max(1, CACHE_ELEMENTS * 4 // (n * m))
         for k0 in range(0, k, block):
             k1 = min(k, k0 + block)
-            flat = self.positions[k0:k1].reshape(-1)
-            # [m, B, n]: for each concept, the scores of each neuron's top images in activation order.
-            scores = by_concept.index_select(1, flat).view(m, k1 - k0, n)
+            flat = flat_positions[k0 * n : k1 * n]
             if dense is not None:
                 order = _order_by_dense_rank(dense.index_select(1, flat).view(m, k1 - k0, n), position_bits)
-            elif self.packed_keys:
-                order = _descending_order(scores)
             else:
-                order = scores.argsort(dim=2, descending=True, stable=True)
+                # [m, B, n]: for each concept, the scores of each neuron's top images in activation order.
+                scores = by_concept.index_select(1, flat).view(m, k1 - k0, n)
+                order = _descending_order(scores) if self.packed_keys else scores.argsort(dim=2, descending=True, stable=True)
             values = self.top_values[None, k0:k1, :]
             reordered = values.expand(m, -1, -1).gather(2, order)  # a_σ(r)
             err = reordered.sub_(values).abs_().pow_(p.p).mean(dim=2, dtype=torch.float64)  # float64: no cancellation
-            mean_score = scores.mean(dim=2, dtype=torch.float64).clamp_min_(p.min_mean_score)
-            err.div_(self.baseline[None, k0:k1]).div_(mean_score.pow_(p.scale_p))
-            out[k0:k1] = err.neg_().T
+            out[k0:k1] = err.T.div_(normaliser[k0:k1]).neg_()
         return out
 
 
