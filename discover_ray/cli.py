@@ -36,7 +36,9 @@ def main(
 @app.command()
 def demo(
     seed: Annotated[int, typer.Option(help="Seed of the generated data, the training and the model.")] = 0,
-    method: Annotated[str, typer.Option(help="Similarity function: cos, cos3, rank_reorder, wpmi, soft_wpmi.")] = "soft_wpmi",
+    method: Annotated[
+        str, typer.Option(help="Similarity function: cos, cos3, rank_reorder, wpmi, soft_wpmi.")
+    ] = "soft_wpmi",
     units: Annotated[int, typer.Option(help="Units to show per hidden layer.")] = 8,
 ) -> None:
     """Train a tiny CNN on generated shapes and describe its neurons with concepts (offline, CPU)."""
@@ -54,7 +56,10 @@ def demo(
         shown = len(layer.concepts) if layer.layer == "fc" else min(units, len(layer.concepts))
         for unit in range(shown):
             table.add_row(
-                f"u{unit:05d}", layer.concepts[unit][0], f"{float(layer.scores[unit, 0]):.3f}", ", ".join(layer.concepts[unit][1:])
+                f"u{unit:05d}",
+                layer.concepts[unit][0],
+                f"{float(layer.scores[unit, 0]):.3f}",
+                ", ".join(layer.concepts[unit][1:]),
             )
         console.print(table)
     ident = result.identification

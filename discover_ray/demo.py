@@ -48,7 +48,9 @@ class DemoResult:
     identification: NeuronIdentification
 
 
-def run_demo(seed: int = 0, n_train: int = 1800, n_probe: int = 900, epochs: int = 6, method: str = "soft_wpmi") -> DemoResult:
+def run_demo(
+    seed: int = 0, n_train: int = 1800, n_probe: int = 900, epochs: int = 6, method: str = "soft_wpmi"
+) -> DemoResult:
     torch.manual_seed(seed)
     train = world.generate(n_train, seed=seed)
     probe = world.generate(n_probe, seed=seed + 1)

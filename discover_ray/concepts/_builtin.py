@@ -33,8 +33,12 @@ CIFAR100_SUPERCLASS_MEMBERS: dict[str, tuple[str, ...]] = {
 }
 
 # The fine labels in label order (alphabetical by the datasets' original underscore names).
-CIFAR100 = tuple(sorted((c for members in CIFAR100_SUPERCLASS_MEMBERS.values() for c in members),
-                        key=lambda name: name.replace(" ", "_")))
+CIFAR100 = tuple(
+    sorted(
+        (c for members in CIFAR100_SUPERCLASS_MEMBERS.values() for c in members),
+        key=lambda name: name.replace(" ", "_"),
+    )
+)
 
 CIFAR100_SUPERCLASSES = tuple(CIFAR100_SUPERCLASS_MEMBERS)
 

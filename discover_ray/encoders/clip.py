@@ -127,7 +127,10 @@ def _cached(spec: ClipSpec) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     if spec.model.startswith("hf-hub:"):
-        repo, filenames = spec.model.removeprefix("hf-hub:"), ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+        repo, filenames = (
+            spec.model.removeprefix("hf-hub:"),
+            ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+        )
     else:
         cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained or "")
         hub = cfg.get("hf_hub", "")

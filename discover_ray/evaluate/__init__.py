@@ -62,7 +62,9 @@ def concept_ranks(scores: Tensor, truth: Sequence[int] | Tensor) -> Tensor:
     """1-based rank of concept ``truth[k]`` in row k of S[K, M], with the lowest-index tie rule."""
     truth_t = torch.as_tensor(truth, dtype=torch.long, device=scores.device)
     if scores.ndim != 2 or truth_t.shape != (scores.shape[0],):
-        raise ValueError(f"need S[K, M] and one true concept per unit; got {tuple(scores.shape)} and {tuple(truth_t.shape)}")
+        raise ValueError(
+            f"need S[K, M] and one true concept per unit; got {tuple(scores.shape)} and {tuple(truth_t.shape)}"
+        )
     if truth_t.numel() and (truth_t.min() < 0 or truth_t.max() >= scores.shape[1]):
         raise ValueError(f"true concept indices must lie in [0, {scores.shape[1]})")
     true_score = scores.gather(1, truth_t[:, None])

@@ -66,7 +66,9 @@ def similarity_matrix(
     """
     kernel, _ = _build(method, activations, concept_scores, None, None, 1, device, dtype, None, None, params)
     chunk = kernel.default_concept_chunk()
-    blocks = [kernel.score(s, min(s + chunk, kernel.source.n_concepts)) for s in range(0, kernel.source.n_concepts, chunk)]
+    blocks = [
+        kernel.score(s, min(s + chunk, kernel.source.n_concepts)) for s in range(0, kernel.source.n_concepts, chunk)
+    ]
     return torch.cat(blocks, dim=1)
 
 
@@ -97,7 +99,17 @@ def top_concepts(
         memory_budget: bytes of block memory to size the default chunks by.
     """
     kernel, n_concepts = _build(
-        method, activations, concept_scores, image_emb, concept_emb, k, device, dtype, image_chunk, memory_budget, params
+        method,
+        activations,
+        concept_scores,
+        image_emb,
+        concept_emb,
+        k,
+        device,
+        dtype,
+        image_chunk,
+        memory_budget,
+        params,
     )
     chunk = concept_chunk or kernel.default_concept_chunk()
     if chunk < 1:

@@ -77,7 +77,9 @@ class CosKernel(Kernel):
             raw = self.factor @ self.source.concept_emb[start:stop].T
             norms = self.source.column_norms(start, stop)
         else:
-            raw = torch.zeros(self.n_neurons, stop - start, dtype=self.activations.dtype, device=self.activations.device)
+            raw = torch.zeros(
+                self.n_neurons, stop - start, dtype=self.activations.dtype, device=self.activations.device
+            )
             sq = torch.zeros(stop - start, dtype=self.activations.dtype, device=self.activations.device)
             for r in range(0, self.n_images, self.image_chunk):
                 block = self.source.block(start, stop, r, r + self.image_chunk, writable=False)
@@ -146,7 +148,9 @@ class WpmiKernel(Kernel):
         scale = math.exp(self.log_scale)
         self.offsets = (offsets * scale).to(device=activations.device, dtype=activations.dtype)
         self.log_p_total = float(torch.log(p).sum()) - top_k * self.log_scale
-        self.group = _safe_group_length(float(offsets.min()) * scale, (1 + float(offsets.max())) * scale, activations.dtype)
+        self.group = _safe_group_length(
+            float(offsets.min()) * scale, (1 + float(offsets.max())) * scale, activations.dtype
+        )
 
         top = top_images(activations, top_k)  # [K, top_k]
         self.rows, self.positions, self.scores_at_rows = _needed_rows(top, source)
@@ -196,7 +200,9 @@ class WpmiKernel(Kernel):
             part = q[r : r + tile]
             shift = self.neg_log_normaliser[r : r + tile, None]
             if direct:  # read P where it lies: a·P − z in one pass
-                torch.add(shift, self.scores_at_rows.block(start, stop, r, r + tile, writable=False), alpha=self.a, out=part)
+                torch.add(
+                    shift, self.scores_at_rows.block(start, stop, r, r + tile, writable=False), alpha=self.a, out=part
+                )
             else:
                 torch.add(shift, self.scores_at_rows.block_into(part, start, stop, r), alpha=self.a, out=part)
             part.exp_()
@@ -267,7 +273,9 @@ class RankReorderKernel(Kernel):
         self.rows, self.positions, self.scores_at_rows = _needed_rows(top, source)
         perms = rank_reorder_permutations(n, params.n_permutations, params.seed).to(activations.device)
         shuffled = self.top_values[:, perms]  # [K, R, n]
-        self.baseline = (self.top_values[:, None, :] - shuffled).abs_().pow_(params.p).mean(dim=(1, 2), dtype=torch.float64)
+        self.baseline = (
+            (self.top_values[:, None, :] - shuffled).abs_().pow_(params.p).mean(dim=(1, 2), dtype=torch.float64)
+        )
         self.baseline.clamp_min_(torch.finfo(torch.float64).tiny)
         self.packed_keys = (
             activations.device.type == "cpu" and activations.dtype == torch.float32 and sys.byteorder == "little"
@@ -305,7 +313,11 @@ class RankReorderKernel(Kernel):
             else:
                 # [m, B, n]: for each concept, the scores of each neuron's top images in activation order.
                 scores = by_concept.index_select(1, flat).view(m, k1 - k0, n)
-                order = _descending_order(scores) if self.packed_keys else scores.argsort(dim=2, descending=True, stable=True)
+                order = (
+                    _descending_order(scores)
+                    if self.packed_keys
+                    else scores.argsort(dim=2, descending=True, stable=True)
+                )
             values = self.top_values[None, k0:k1, :]
             reordered = values.expand(m, -1, -1).gather(2, order)  # a_σ(r)
             err = reordered.sub_(values).abs_().pow_(p.p).mean(dim=2, dtype=torch.float64)  # float64: no cancellation

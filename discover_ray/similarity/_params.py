@@ -60,7 +60,6 @@ class RankReorderParams(_Params):
     )
 
 
-
 PARAMS: dict[str, type[_Params]] = {
     "cos": CosParams,
     "cos3": Cos3Params,

@@ -39,7 +39,7 @@ class ConceptScores:
         """Whether blocks can be read where they lie (all rows, compute device and dtype)."""
         return self._rows is None and self.scores.device == self.device and self.scores.dtype == self.dtype
 
-    def restrict(self, rows: Tensor) -> "ConceptScores":
+    def restrict(self, rows: Tensor) -> ConceptScores:
         """The same scores seen only at image ``rows`` (indices into the full image axis)."""
         return ConceptScores(self.scores, self.device, self.dtype, rows)
 
@@ -76,7 +76,7 @@ class EmbeddingScores:
     def n_concepts(self) -> int:
         return self.concept_emb.shape[0]
 
-    def restrict(self, rows: Tensor) -> "EmbeddingScores":
+    def restrict(self, rows: Tensor) -> EmbeddingScores:
         view = object.__new__(EmbeddingScores)
         view.image_emb = self.image_emb.index_select(0, rows.to(self.device))
         view.concept_emb, view.device, view.dtype = self.concept_emb, self.device, self.dtype

@@ -127,8 +127,12 @@ def make_inputs(n, k, m, seed=0):
     """CLIP-like inputs: unit embeddings with shared structure, non-negative activations tied to them."""
     g = torch.Generator().manual_seed(seed)
     basis = torch.randn(64, EMBED_DIM, generator=g)
-    image_emb = torch.nn.functional.normalize(torch.randn(n, 64, generator=g) @ basis + 2 * torch.randn(n, EMBED_DIM, generator=g), dim=1)
-    concept_emb = torch.nn.functional.normalize(torch.randn(m, 64, generator=g) @ basis + 2 * torch.randn(m, EMBED_DIM, generator=g), dim=1)
+    image_emb = torch.nn.functional.normalize(
+        torch.randn(n, 64, generator=g) @ basis + 2 * torch.randn(n, EMBED_DIM, generator=g), dim=1
+    )
+    concept_emb = torch.nn.functional.normalize(
+        torch.randn(m, 64, generator=g) @ basis + 2 * torch.randn(m, EMBED_DIM, generator=g), dim=1
+    )
     readout = torch.randn(EMBED_DIM, k, generator=g)
     acts = image_emb @ readout  # built in place: the harness should not need more memory than the inputs
     for start in range(0, n, 4096):
@@ -139,7 +143,10 @@ def make_inputs(n, k, m, seed=0):
 def agreement(ours, theirs):
     same_top1 = float((ours[1][:, 0] == theirs[1][:, 0]).float().mean())
     scale = float(theirs[0].max() - theirs[0].min()) or 1.0
-    return {"top1_agreement": round(same_top1, 5), "max_value_diff_over_range": float((ours[0] - theirs[0]).abs().max()) / scale}
+    return {
+        "top1_agreement": round(same_top1, 5),
+        "max_value_diff_over_range": float((ours[0] - theirs[0]).abs().max()) / scale,
+    }
 
 
 def make_calls(method, a, scores, dev_emb, device, run_baseline) -> dict:
@@ -217,7 +224,9 @@ def run(args) -> dict:
                 )
             if args.check_float64 and method != "rank_reorder":
                 # Where the float32 answers disagree, which one is right? Ask a float64 run.
-                truth = top_concepts(method, a.double(), concept_scores=scores.double(), k=1, dtype=torch.float64)[1][:, 0]
+                truth = top_concepts(method, a.double(), concept_scores=scores.double(), k=1, dtype=torch.float64)[1][
+                    :, 0
+                ]
                 entry["top1_agreement_with_float64"] = {
                     name: round(float((answers[name][1][:, 0] == truth).float().mean()), 5) for name in answers
                 }

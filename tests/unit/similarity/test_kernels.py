@@ -35,7 +35,9 @@ def test_float32_within_1e4_of_score_range(method):
     assert np.abs(got - expected).max() <= 1e-4 * (expected.max() - expected.min())
 
 
-@pytest.mark.parametrize("params", [{"top_k": 20, "a": 5.0, "lam": 0.5}, {"p_start": 0.9, "p_end": 0.5, "min_prob": 1e-4}])
+@pytest.mark.parametrize(
+    "params", [{"top_k": 20, "a": 5.0, "lam": 0.5}, {"p_start": 0.9, "p_end": 0.5, "min_prob": 1e-4}]
+)
 def test_soft_wpmi_parameters_follow_the_oracle(params):
     acts, scores = random_problem(seed=2)
     expected = oracle.soft_wpmi(acts.double().numpy(), scores.double().numpy(), **params)

@@ -24,7 +24,13 @@ def test_equals_dense_topk_across_chunk_sizes(method, concept_chunk, image_chunk
     dense = similarity_matrix(method, acts, scores, dtype=torch.float64)
     expected_values, expected_index = topk_lowest_index(dense, 5)
     values, index = top_concepts(
-        method, acts, concept_scores=scores, k=5, dtype=torch.float64, concept_chunk=concept_chunk, image_chunk=image_chunk
+        method,
+        acts,
+        concept_scores=scores,
+        k=5,
+        dtype=torch.float64,
+        concept_chunk=concept_chunk,
+        image_chunk=image_chunk,
     )
     torch.testing.assert_close(values, expected_values, rtol=1e-10, atol=1e-10)
     assert torch.equal(index, expected_index)
@@ -55,7 +61,7 @@ def test_ties_go_to_the_lowest_concept_index(method):
     scores = torch.randint(0, 2, (128, 12), generator=g).double()
     duplicated = torch.cat([scores, scores], dim=1)  # concept j and j + 12 always tie
     values, index = top_concepts(method, acts, concept_scores=duplicated, k=6, concept_chunk=5, dtype=torch.float64)
-    for row_values, row_index in zip(values, index):
+    for row_values, row_index in zip(values, index, strict=True):
         for a in range(5):
             if row_values[a] == row_values[a + 1]:
                 assert row_index[a] < row_index[a + 1]
@@ -95,7 +101,10 @@ def test_topk_lowest_index_handles_ties_and_blocks():
 def test_float32_by_default_float64_on_request():
     acts, image_emb, concept_emb = problem()
     assert top_concepts("cos", acts, image_emb=image_emb, concept_emb=concept_emb)[0].dtype == torch.float32
-    assert top_concepts("cos", acts, image_emb=image_emb, concept_emb=concept_emb, dtype=torch.float64)[0].dtype == torch.float64
+    assert (
+        top_concepts("cos", acts, image_emb=image_emb, concept_emb=concept_emb, dtype=torch.float64)[0].dtype
+        == torch.float64
+    )
 
 
 def test_soft_wpmi_memory_stays_within_the_budget():
@@ -142,7 +151,9 @@ class TestBadInput:
         with pytest.raises(ValueError, match="give either concept_scores"):
             top_concepts("cos", acts)
         with pytest.raises(ValueError, match="give either concept_scores"):
-            top_concepts("cos", acts, concept_scores=image_emb @ concept_emb.T, image_emb=image_emb, concept_emb=concept_emb)
+            top_concepts(
+                "cos", acts, concept_scores=image_emb @ concept_emb.T, image_emb=image_emb, concept_emb=concept_emb
+            )
 
     def test_non_finite_input(self):
         acts, image_emb, concept_emb = problem()
