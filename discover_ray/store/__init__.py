@@ -43,18 +43,18 @@ class Store:
             self.fs.makedirs(self.base, exist_ok=True)
 
     # -- the layout --------------------------------------------------------------------------------
-    def image_embeddings(self, encoder_id: str, probe_id: str) -> "Dataset":
+    def image_embeddings(self, encoder_id: str, probe_id: str) -> Dataset:
         return self.dataset(f"embeddings/{encoder_id}/images/{probe_id}")
 
-    def concept_embeddings(self, encoder_id: str, concept_set_id: str) -> "Dataset":
+    def concept_embeddings(self, encoder_id: str, concept_set_id: str) -> Dataset:
         return self.dataset(f"embeddings/{encoder_id}/concepts/{concept_set_id}")
 
-    def activations(self, checkpoint_id: str, probe_id: str, layer: str) -> "Dataset":
+    def activations(self, checkpoint_id: str, probe_id: str, layer: str) -> Dataset:
         return self.dataset(f"activations/{checkpoint_id}/{probe_id}/{_safe(layer)}")
 
     def labels(
         self, checkpoint_id: str, probe_id: str, layer: str, method: str, concept_set_id: str, encoder_id: str
-    ) -> "Dataset":
+    ) -> Dataset:
         return self.dataset(
             f"labels/{checkpoint_id}/{probe_id}/{_safe(layer)}/{method}__{concept_set_id}__{encoder_id}"
         )
@@ -63,7 +63,7 @@ class Store:
         return self.path(f"runs/{run_id}")
 
     # -- plumbing ----------------------------------------------------------------------------------
-    def dataset(self, relative: str) -> "Dataset":
+    def dataset(self, relative: str) -> Dataset:
         return Dataset(self, relative.strip("/"))
 
     def path(self, relative: str) -> str:
