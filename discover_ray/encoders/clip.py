@@ -19,7 +19,7 @@ import open_clip
 import torch
 from torch import Tensor
 
-from discover_ray.encoders.hub import hub_reachable
+from discover_ray.encoders.hub import hub_cached, hub_reachable
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)  # our small architectures, e.g. TinyCLIP-ViT-32 for tests and demos
@@ -124,8 +124,6 @@ def _weights_file(spec: ClipSpec) -> Iterator[str | None]:
 
 def _cached(spec: ClipSpec) -> bool:
     """Whether the weights of a tag or hf-hub id are already in the local Hugging Face cache."""
-    from huggingface_hub import try_to_load_from_cache
-
     if spec.model.startswith("hf-hub:"):
         repo, filenames = (
             spec.model.removeprefix("hf-hub:"),
@@ -138,7 +136,7 @@ def _cached(spec: ClipSpec) -> bool:
             return False
         repo = "/".join(hub.rstrip("/").split("/")[:2])
         filenames = (cfg.get("hf_hub_filename") or "open_clip_pytorch_model.bin", "open_clip_model.safetensors")
-    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in filenames)
+    return hub_cached(repo, filenames)
 
 
 def _offline_message(spec: ClipSpec) -> str:

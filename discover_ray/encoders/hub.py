@@ -25,3 +25,10 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
         return False
     endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     return _reachable(endpoint.hostname or "huggingface.co", endpoint.port or 443, timeout)
+
+
+def hub_cached(repo: str, filenames: tuple[str, ...]) -> bool:
+    """Whether any of ``filenames`` of hub repository ``repo`` is already in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo, name), str) for name in filenames)

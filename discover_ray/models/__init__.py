@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import transforms
 
-from discover_ray.encoders.hub import hub_reachable
+from discover_ray.encoders.hub import hub_cached, hub_reachable
 from discover_ray.ids import file_sha256
 from discover_ray.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD, DEPTHS, cifar_resnet
 
@@ -152,14 +152,12 @@ def _build(spec: ModelSpec) -> nn.Module:
 
 
 def _timm_weights_cached(name: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     cfg = timm.models.get_pretrained_cfg(name)
     hub = getattr(cfg, "hf_hub_id", None) if cfg else None
     if not hub:
         return False
     repo = "/".join(hub.split("/")[:2])
-    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin"))
+    return hub_cached(repo, ("model.safetensors", "pytorch_model.bin"))
 
 
 def _preprocess(spec: ModelSpec, model: nn.Module) -> Callable[[Any], Tensor]:

@@ -245,16 +245,17 @@ def decode_images(
 
 
 def _read_table(path: str, storage_options: dict[str, Any], exclude: str | None = None, columns=None) -> pa.Table:
+    """A CSV, or the wanted columns of a Parquet file (read from the file itself: other columns,
+    such as the image bytes, are never loaded)."""
     try:
         with fsspec.open(path, "rb", **storage_options) as handle:
-            data = handle.read()
+            if path.lower().endswith(".csv"):
+                return pa_csv.read_csv(io.BytesIO(handle.read()))
+            parquet = pq.ParquetFile(handle)
+            wanted = columns or [c for c in parquet.schema_arrow.names if c != exclude]
+            return parquet.read(columns=wanted)
     except FileNotFoundError:
         raise ProbeError(f"probe source {path!r} not found") from None
-    if path.lower().endswith(".csv"):
-        return pa_csv.read_csv(io.BytesIO(data))
-    schema_names = pq.read_schema(io.BytesIO(data)).names
-    wanted = columns or [c for c in schema_names if c != exclude]
-    return pq.read_table(io.BytesIO(data), columns=wanted)
 
 
 def _schema_names(path: str, storage_options: dict[str, Any]) -> list[str]:
