@@ -88,5 +88,93 @@ def concepts(
         console.print(f"  {text}")
 
 
+def run_dissect(config_path: str, address: str | None = None, store: str | None = None) -> int:
+    """Load, run, and report a dissection; bad input prints one clear error line and returns 2."""
+    from discover_ray.config import ConfigError, load_config
+    from discover_ray.models import CheckpointMismatch
+    from discover_ray.probe import ProbeError
+
+    try:
+        config = load_config(config_path, store=store)
+        if address:
+            config = config.model_copy(update={"ray": config.ray.model_copy(update={"address": address})})
+        from discover_ray.stages.pipeline import dissect as run
+
+        result = run(config, console=console)
+    except (ConfigError, ProbeError, CheckpointMismatch, KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+        return 2
+    ran = ", ".join(f"{s['stage']} {s['seconds']:.1f} s" for s in result.recomputed if s["stage"] != "PREPARE")
+    console.print(f"run {result.run_id} done in {result.store}: {ran or 'nothing to recompute, all stages were done'}")
+    layers = sorted({e.layer for e in result.labels})
+    console.print(f"labels: discover labels {result.run_id} --store {result.store} --layer {layers[-1] if layers else 'LAYER'}")
+    return 0
+
+
+@app.command()
+def dissect(
+    config: Annotated[str, typer.Argument(help="Dissection config (YAML); see jobs/configs/.")],
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default RAY_ADDRESS or a local cluster.")] = None,
+    store: Annotated[Optional[str], typer.Option(help="Output root (path or s3://...), overriding the config.")] = None,
+) -> None:
+    """Dissect the configured checkpoints on Ray: EMBED → RECORD → REDUCE, resuming what is done."""
+    raise typer.Exit(run_dissect(config, address, store))
+
+
+@app.command()
+def submit(
+    config: Annotated[str, typer.Argument(help="Dissection config (YAML).")],
+    address: Annotated[str, typer.Option(help="Ray dashboard address, e.g. http://127.0.0.1:8265.")],
+    wait: Annotated[bool, typer.Option(help="Wait for the job and print its log.")] = True,
+) -> None:
+    """Submit a dissection as a Ray job (deterministic id: the same config attaches to the same job)."""
+    from discover_ray.config import ConfigError, load_config
+    from discover_ray.stages.submit import submit as run_submit
+
+    try:
+        resolved = load_config(config)
+    except ConfigError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    status = run_submit(resolved, address, console, wait=wait)
+    console.print(f"job {resolved.submission_id}: {status}")
+    raise typer.Exit(0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else 1)
+
+
+@app.command()
+def labels(
+    run: Annotated[str, typer.Argument(help="Run id (printed by `discover dissect`).")],
+    layer: Annotated[str, typer.Option(help="Layer name, as in the config.")],
+    store: Annotated[str, typer.Option(help="Output root the run was written to.")] = "./discover-runs",
+    method: Annotated[Optional[str], typer.Option(help="Only this similarity method.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Only this model (its alias or name).")] = None,
+    units: Annotated[int, typer.Option(help="Units to show per table (0: all).")] = 20,
+) -> None:
+    """Print a layer's concept labels: each unit's best concept, its score and the runners-up."""
+    from discover_ray.runs import read_labels
+
+    try:
+        tables = read_labels(store, run, layer, method=method, model=model)
+    except (FileNotFoundError, KeyError) as err:
+        console.print(f"[red]error:[/red] {err.args[0] if isinstance(err, KeyError) else err}", highlight=False)
+        raise typer.Exit(2) from None
+    for entry, table in tables:
+        rows = table.to_pylist()
+        by_unit: dict[str, list[dict]] = {}
+        for row in rows:
+            by_unit.setdefault(row["unit"], []).append(row)
+        view = Table(title=f"{entry.model} / {layer}: {entry.method} over {entry.source}")
+        for name, justify in (("unit", "right"), ("concept", "left"), ("score", "right"), ("runners-up", "left")):
+            view.add_column(name, justify=justify)  # type: ignore[arg-type]
+        shown = list(by_unit.items()) if units == 0 else list(by_unit.items())[:units]
+        for unit, ranked in shown:
+            ranked.sort(key=lambda r: r["rank"])
+            view.add_row(unit, ranked[0]["concept"], f"{ranked[0]['score']:.4f}", ", ".join(r["concept"] for r in ranked[1:]))
+        console.print(view)
+        if len(shown) < len(by_unit):
+            console.print(f"({len(by_unit) - len(shown)} more units; --units 0 shows all)")
+
+
 if __name__ == "__main__":
     app()

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from discover_ray.encoders.hub import hub_cached, hub_reachable
+from discover_ray.ids import content_id, file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)  # our small architectures, e.g. TinyCLIP-ViT-32 for tests and demos
@@ -44,6 +45,29 @@ class ClipSpec:
 
     def describe(self) -> str:
         return f"{self.model}/{self.pretrained or 'random-init'}"
+
+    @property
+    def id(self) -> str:
+        """Content id of the encoder: architecture plus the weights' tag, file hash, or init seed."""
+        if self.pretrained is None:
+            weights = f"random-init:{self.seed}"
+        elif self.model.startswith(("hf-hub:", "local-dir:")) or open_clip.is_pretrained_cfg(
+            self.model, self.pretrained
+        ):
+            weights = f"tag:{self.pretrained}"
+        else:
+            weights = "sha256:" + file_sha256(self.pretrained)
+        return content_id(f"open_clip\0{self.model}\0{weights}")
+
+
+def check_clip(spec: ClipSpec) -> None:
+    """Fail within seconds, before any work starts, if ``spec`` cannot be built here (unknown model,
+    unknown tag, missing file, or weights that would need a download the network does not allow)."""
+    _check_name(spec)
+    if spec.pretrained is None and not spec.model.startswith(("hf-hub:", "local-dir:")):
+        return
+    with _weights_file(spec, fetch=False):
+        pass
 
 
 class ClipEncoder:
@@ -71,12 +95,16 @@ class ClipEncoder:
         return torch.nn.functional.normalize(features.float(), dim=1).cpu()
 
 
-def _create(spec: ClipSpec, device: torch.device) -> tuple[torch.nn.Module, object]:
+def _check_name(spec: ClipSpec) -> None:
     known = open_clip.list_models()
-    schema = spec.model.startswith(("hf-hub:", "local-dir:"))
-    if not schema and spec.model not in known:
+    if not spec.model.startswith(("hf-hub:", "local-dir:")) and spec.model not in known:
         close = [m for m in known if spec.model.lower().split("-")[0] in m.lower()][:8]
         raise ValueError(f"unknown open_clip model {spec.model!r}; similar: {close or known[:8]}")
+
+
+def _create(spec: ClipSpec, device: torch.device) -> tuple[torch.nn.Module, object]:
+    _check_name(spec)
+    schema = spec.model.startswith(("hf-hub:", "local-dir:"))
     if spec.pretrained is None and not schema:
         with _seeded(spec.seed):
             model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=None, device=device)
@@ -94,8 +122,10 @@ def _create(spec: ClipSpec, device: torch.device) -> tuple[torch.nn.Module, obje
 
 
 @contextlib.contextmanager
-def _weights_file(spec: ClipSpec) -> Iterator[str | None]:
-    """Resolve ``spec.pretrained`` to what open_clip takes: a tag, a local file, or None (schema ids)."""
+def _weights_file(spec: ClipSpec, fetch: bool = True) -> Iterator[str | None]:
+    """Resolve ``spec.pretrained`` to what open_clip takes: a tag, a local file, or None (schema ids).
+
+    With ``fetch=False`` remote checkpoints are only checked for existence, not copied."""
     pretrained = spec.pretrained
     if spec.model.startswith("local-dir:"):
         yield None
@@ -107,6 +137,12 @@ def _weights_file(spec: ClipSpec) -> Iterator[str | None]:
         return
     assert pretrained is not None
     if "://" in pretrained and not pretrained.startswith("file://"):
+        if not fetch:
+            fs, path = fsspec.core.url_to_fs(pretrained)
+            if not fs.exists(path):
+                raise FileNotFoundError(f"open_clip checkpoint {pretrained!r} not found")
+            yield pretrained
+            return
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, os.path.basename(pretrained.rstrip("/")) or "weights.pt")
             fsspec.filesystem(fsspec.utils.get_protocol(pretrained)).get(pretrained, local)

@@ -9,6 +9,7 @@ id wherever it lives (reading a remote set once to hash it is the price of that 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import posixpath
@@ -55,7 +56,11 @@ class ProbeSet:
     image_column: str = "image"
     storage_options: dict[str, Any] = field(default_factory=dict)
     _id: str | None = field(default=None, repr=False)
-    _image_bytes: pa.ChunkedArray | None = field(default=None, repr=False)
+    _row_groups: _RowGroupReader | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Shipped to Ray workers without the open-file cache (each worker reads its own row groups)."""
+        return {**self.__dict__, "_row_groups": None}
 
     # -- building ----------------------------------------------------------------------------------
     @classmethod
@@ -169,14 +174,12 @@ class ProbeSet:
     def read_bytes(self, images: Sequence[ProbeImage]) -> list[bytes | Exception]:
         """The encoded bytes of each image, or the exception that prevented reading it."""
         if self.kind == "parquet":
-            if self._image_bytes is None:  # read once per probe set, not once per batch
-                self._image_bytes = _read_table(self.source, self.storage_options, columns=[self.image_column])[
-                    self.image_column
-                ]
-            column = self._image_bytes
+            if self._row_groups is None:
+                self._row_groups = _RowGroupReader(self.source, self.image_column, self.storage_options)
             out: list[bytes | Exception] = []
             for im in images:
-                value = column[im.row].as_py()
+                assert im.row is not None
+                value = self._row_groups.value(im.row)
                 if isinstance(value, dict):  # struct columns such as {"bytes": ..., "path": ...}
                     value = value.get("bytes")
                 out.append(value if isinstance(value, bytes) else ProbeError(f"row {im.row} holds no image bytes"))
@@ -256,6 +259,31 @@ def _read_table(path: str, storage_options: dict[str, Any], exclude: str | None 
             return parquet.read(columns=wanted)
     except FileNotFoundError:
         raise ProbeError(f"probe source {path!r} not found") from None
+
+
+class _RowGroupReader:
+    """Values of one column by row number, read a row group at a time (the last two kept).
+
+    Shards are contiguous in id order, which in most files is close to row order, so a shard touches
+    few row groups and a worker never loads the whole column of a large file.
+    """
+
+    def __init__(self, path: str, column: str, storage_options: dict[str, Any]):
+        self.path, self.column, self.storage_options = path, column, storage_options
+        with fsspec.open(path, "rb", **storage_options) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+        sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        self.starts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        self.cache: dict[int, pa.ChunkedArray] = {}
+
+    def value(self, row: int) -> Any:
+        group = bisect.bisect_right(self.starts, row) - 1
+        if group not in self.cache:
+            if len(self.cache) >= 2:
+                self.cache.pop(next(iter(self.cache)))
+            with fsspec.open(self.path, "rb", **self.storage_options) as handle:
+                self.cache[group] = pq.ParquetFile(handle).read_row_group(group, columns=[self.column])[self.column]
+        return self.cache[group][row - self.starts[group]].as_py()
 
 
 def _schema_names(path: str, storage_options: dict[str, Any]) -> list[str]:

@@ -34,6 +34,7 @@ __all__ = [
     "top_concepts",
     "topk_lowest_index",
     "top_images",
+    "merge_topk",
     "rank_reorder_permutations",
     "rank_reorder_top_n",
     "resolve_params",
@@ -85,6 +86,7 @@ def top_concepts(
     concept_chunk: int | None = None,
     image_chunk: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    concept_range: tuple[int, int] | None = None,
     **params: Any,
 ) -> tuple[Tensor, Tensor]:
     """Each neuron's ``k`` best concepts: ``(values[K, k], indices[K, k])``, best first.
@@ -97,6 +99,9 @@ def top_concepts(
         concept_chunk: concepts per block (default: sized from ``memory_budget`` and the CPU cache).
         image_chunk: images per block where a pass runs over images (softmax normaliser, cos).
         memory_budget: bytes of block memory to size the default chunks by.
+        concept_range: ``(start, stop)`` scores only these concepts (indices stay global), so that
+            shards of a large concept set can run as separate tasks and be merged with ``merge_topk``.
+            Layer- and image-wide quantities (the softmax normaliser, the prior) still span every concept.
     """
     kernel, n_concepts = _build(
         method,
@@ -114,9 +119,12 @@ def top_concepts(
     chunk = concept_chunk or kernel.default_concept_chunk()
     if chunk < 1:
         raise ValueError(f"concept_chunk must be at least 1, got {chunk}")
+    first, last = concept_range or (0, n_concepts)
+    if not 0 <= first < last <= n_concepts:
+        raise ValueError(f"concept_range {concept_range} must satisfy 0 <= start < stop <= {n_concepts}")
     values = indices = None
-    for start in range(0, n_concepts, chunk):
-        stop = min(start + chunk, n_concepts)
+    for start in range(first, last, chunk):
+        stop = min(start + chunk, last)
         block_values, block_index = topk_lowest_index(kernel.score(start, stop), min(k, stop - start))
         block_index += start
         if values is None:

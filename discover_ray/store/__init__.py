@@ -26,6 +26,7 @@ __all__ = ["DEFAULT_ROOT", "Dataset", "Store", "config_hash"]
 
 DEFAULT_ROOT = "./discover-runs"
 SUCCESS = "_SUCCESS.json"
+STARTED = "_STARTED.json"
 
 
 def config_hash(config: Any) -> str:
@@ -125,6 +126,23 @@ class Dataset:
     def missing_parts(self, expected: Iterable[int]) -> list[int]:
         present = set(self.parts())
         return [i for i in expected if i not in present]
+
+    def begin(self, config_hash: str) -> list[int]:
+        """Start (or resume) writing this dataset for ``config_hash``; returns the parts that can be kept.
+
+        Parts left by an interrupted run of the same config are kept (resume); parts written for another
+        config, complete or not, are removed first, so a dataset never mixes two configs.
+        """
+        marker = self.marker()
+        started = self.store.read_json(f"{self.relative}/{STARTED}") if self.store.exists(f"{self.relative}/{STARTED}") else None
+        owner = (marker or started or {}).get("config_hash")
+        if owner is not None and owner != config_hash:
+            self.invalidate()
+            for index in self.parts():
+                self.store.fs.rm(self.store.path(f"{self.relative}/{self.part_name(index)}"))
+        if marker is None or owner != config_hash:
+            self.store.write_json(f"{self.relative}/{STARTED}", {"config_hash": config_hash})
+        return self.parts()
 
     def commit(self, config_hash: str, rows: int, schema: pa.Schema | None = None, **extra: Any) -> None:
         """Write the marker, last: the parts now form a complete dataset for this config."""

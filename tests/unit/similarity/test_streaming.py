@@ -160,3 +160,24 @@ class TestBadInput:
         acts[0, 0] = float("nan")
         with pytest.raises(ValueError, match="activations contain NaN"):
             top_concepts("cos", acts, image_emb=image_emb, concept_emb=concept_emb)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_concept_shards_merge_to_the_whole(method):
+    """Shards of the concept axis scored separately (as REDUCE tasks do) and merged give the same top-k."""
+    from discover_ray.similarity import merge_topk
+
+    acts, image_emb, concept_emb = problem()
+    whole = top_concepts(method, acts, image_emb=image_emb, concept_emb=concept_emb, k=5, dtype=torch.float64)
+    values = index = None
+    for start, stop in ((0, 3), (3, 30), (30, 53)):
+        v, i = top_concepts(
+            method, acts, image_emb=image_emb, concept_emb=concept_emb, k=5, dtype=torch.float64,
+            concept_range=(start, stop),
+        )
+        assert bool(((i >= start) & (i < stop)).all())
+        values, index = (v, i) if values is None else merge_topk(values, index, v, i, 5)
+    torch.testing.assert_close(values, whole[0], rtol=1e-12, atol=1e-12)
+    assert torch.equal(index, whole[1])
+    with pytest.raises(ValueError, match="concept_range"):
+        top_concepts(method, acts, image_emb=image_emb, concept_emb=concept_emb, concept_range=(10, 60))

@@ -1,0 +1,39 @@
+"""RECORD: the target model with hooks on the chosen layers, one forward pass per chunk records them all."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from discover_ray.models import ModelSpec, load_model
+from discover_ray.record import ConvPool, TokenPool, record_activations
+
+
+def seeded_load(spec: ModelSpec, seed: int):
+    """Build and load the model with torch's RNG seeded, so random-init models are the same everywhere."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return load_model(spec)
+
+
+class ActivationRecorder:
+    """A Ray Data actor: loads its model once in ``__init__``, records pooled activations per chunk."""
+
+    def __init__(
+        self, spec: ModelSpec, layers: list[str], conv_pool: ConvPool, token_pool: TokenPool, seed: int, threads: int
+    ):
+        torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = seeded_load(spec, seed).model.to(self.device)
+        self.layers, self.conv_pool, self.token_pool = list(layers), conv_pool, token_pool
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pixels = np.asarray(batch["pixels"][0])
+        out = {k: batch[k] for k in ("shard", "chunk", "image_ids", "failed")}
+        if len(pixels) == 0:
+            return out
+        x = torch.from_numpy(np.array(pixels, copy=True))  # batches may be read-only object-store views.to(self.device, non_blocking=True)
+        acts = record_activations(self.model, self.layers, [x], self.conv_pool, self.token_pool)
+        for i, layer in enumerate(self.layers):
+            out[f"layer{i}"] = acts[layer].numpy()[None]
+        return out
