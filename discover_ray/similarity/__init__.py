@@ -38,6 +38,7 @@ __all__ = [
     "rank_reorder_permutations",
     "rank_reorder_top_n",
     "resolve_params",
+    "check_probe_size",
 ]
 
 DEFAULT_MEMORY_BUDGET = 128 * 2**20
@@ -193,6 +194,16 @@ def _build(
     if method == "rank_reorder":
         return RankReorderKernel(a, source, resolved, budget), n_concepts
     return WpmiKernel(a, source, resolved, budget, rows), n_concepts
+
+
+def check_probe_size(method: str, n_images: int, **params: Any) -> None:
+    """Raise before any work if ``method`` (with ``params``) cannot run on ``n_images`` probe images."""
+    needed = _images_needed(method, resolve_params(method, params), n_images)
+    if n_images < needed:
+        raise ValueError(
+            f"{method} needs at least {needed} probe images per neuron but the probe set has {n_images}; "
+            "use a larger probe set or lower the method's top_k / top_fraction (reduce.params)"
+        )
 
 
 def _images_needed(method: str, params: Any, n_images: int) -> int:

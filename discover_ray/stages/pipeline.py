@@ -29,6 +29,7 @@ from discover_ray.evaluate import NeuronIdentification
 from discover_ray.ids import content_id
 from discover_ray.record import resolve_layers, unit_names
 from discover_ray.runs import LabelEntry, RunRecord
+from discover_ray.similarity import check_probe_size
 from discover_ray.stages.cluster import Resources, connect
 from discover_ray.stages.embed import ImageEmbedder, clip_preprocess, embed_texts
 from discover_ray.stages.inference import Pool, plan_pool, run_chunks
@@ -102,6 +103,8 @@ class _Job:
             "id": self.probe_id, "source": self.probe.source, "kind": self.probe.kind, "images": len(self.probe),
             "shards": self.n_shards, "classes": list(self.probe.classes or ()),
         }
+        for method in c.reduce.methods:
+            check_probe_size(method, len(self.probe), **c.reduce.params.get(method, {}))
         sources = [self._source(s) for s in c.concepts]
         models = [self._model(m) for m in c.models]
         self.record.stage("PREPARE", "inputs", "done", time.perf_counter() - started)

@@ -102,7 +102,7 @@ def reduce_layer(
     for method, parts in futures.items():
         values = index = None
         for v, i in ray.get(parts):
-            v_t, i_t = torch.from_numpy(v), torch.from_numpy(i)
+            v_t, i_t = torch.from_numpy(np.array(v)), torch.from_numpy(np.array(i))  # results are read-only views
             values, index = (v_t, i_t) if values is None else merge_topk(values, index, v_t, i_t, k)
         results[method] = (values.numpy(), index.numpy())
     return results

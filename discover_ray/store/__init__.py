@@ -157,9 +157,12 @@ class Dataset:
         return self.store.read_json(f"{self.relative}/{SUCCESS}")
 
     def is_complete(self, config_hash: str | None = None) -> bool:
-        """Done, and (when given) done for this very config: a changed config means redo."""
+        """Done, and (when given) done for this very config: a changed config means redo; a missing part
+        means the dataset is resumed (only that part is redone)."""
         marker = self.marker()
-        return marker is not None and (config_hash is None or marker.get("config_hash") == config_hash)
+        if marker is None or (config_hash is not None and marker.get("config_hash") != config_hash):
+            return False
+        return set(marker.get("parts", [])) <= set(self.parts())  # a part deleted since counts as not done
 
     def invalidate(self) -> None:
         """Remove the marker so that readers stop treating the dataset as done."""

@@ -1,0 +1,80 @@
+"""One local Ray cluster per test session, a folder of generated probe images, and a tiny job config."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from discover_ray import world
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server: str) -> Iterator[None]:
+    """Started after the S3 server so that workers inherit its endpoint; auth off for a hermetic cluster."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def world_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """72 generated shape images as PNGs in one folder per class (the label is the folder)."""
+    root = tmp_path_factory.mktemp("world") / "probe"
+    data = world.generate(72, seed=3)
+    classes = world.class_names()
+    pixels = (data.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    for i, (image, label) in enumerate(zip(pixels, data.labels.tolist(), strict=True)):
+        folder = root / classes[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    return root
+
+
+def tiny_config(probe: Path | str, store: Path | str, **changes: Any) -> dict[str, Any]:
+    """A dissection of a random-init tiny CNN over ``probe`` with label and tiny-CLIP concepts."""
+    config: dict[str, Any] = {
+        "name": "tiny",
+        "store": str(store),
+        "probe": {"source": str(probe), "shard_size": 16},
+        "models": [
+            {
+                "name": "tiny_cnn",
+                "builder": "discover_ray.demo:tiny_cnn",
+                "kwargs": {"n_classes": len(world.class_names())},
+                "image_size": 32,
+                "layers": ["relu2", "fc"],
+            }
+        ],
+        "concepts": [
+            {"kind": "labels"},
+            {"kind": "clip", "model": "TinyCLIP-ViT-32", "concepts": "cifar10", "batch_size": 16},
+        ],
+        "record": {"batch_size": 8},
+        "reduce": {"methods": ["soft_wpmi", "cos"], "top_k": 3, "params": {"soft_wpmi": {"top_k": 20}}},
+        "ray": {"progress": False},
+    }
+    for key, value in changes.items():
+        config[key] = value
+    return config
+
+
+def snapshot(root: Path | str) -> dict[str, str]:
+    """sha256 of every file under ``root`` except run records (which note each attempt)."""
+    root = Path(root)
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "runs" not in p.relative_to(root).parts
+    }
