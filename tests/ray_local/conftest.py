@@ -42,12 +42,12 @@ def world_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def tiny_config(probe: Path | str, store: Path | str, **changes: Any) -> dict[str, Any]:
-    """A dissection of a random-init tiny CNN over ``probe`` with label and tiny-CLIP concepts."""
+def tiny_config(probe_source: Path | str, store_root: Path | str, **changes: Any) -> dict[str, Any]:
+    """A dissection of a random-init tiny CNN over ``probe_source`` with label and tiny-CLIP concepts."""
     config: dict[str, Any] = {
         "name": "tiny",
-        "store": str(store),
-        "probe": {"source": str(probe), "shard_size": 16},
+        "store": str(store_root),
+        "probe": {"source": str(probe_source), "shard_size": 16},
         "models": [
             {
                 "name": "tiny_cnn",

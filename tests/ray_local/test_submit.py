@@ -1,0 +1,78 @@
+"""``discover submit`` against a real Ray head started by the test on 127.0.0.1 (and stopped afterwards)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.ray_local.conftest import tiny_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path) -> Iterator[tuple[str, dict[str, str]]]:
+    """``ray start --head --block`` in its own process group; SIGTERM to the group stops every process of it."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    dashboard = _free_port()
+    command = [
+        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus", "2",
+        "--node-ip-address", "127.0.0.1", "--port", str(_free_port()),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+        "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
+        "--metrics-export-port", str(_free_port()), "--disable-usage-stats",
+    ]
+    head = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", dashboard), timeout=1):
+                    break
+            except OSError:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the Ray head did not come up (exit code {head.poll()})")
+                time.sleep(0.5)
+        yield address, env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+@pytest.mark.slow
+def test_submit_runs_the_job_and_a_second_submit_attaches(ray_head, world_folder, tmp_path):
+    address, env = ray_head
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(world_folder, tmp_path / "runs", concepts=[{"kind": "labels"}])))
+    command = [sys.executable, "-m", "discover_ray.cli", "submit", str(config), "--address", address]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "submitted job dissect-" in first.stdout and "SUCCEEDED" in first.stdout
+    runs = list((tmp_path / "runs" / "runs").iterdir())
+    assert len(runs) == 1
+    record = json.loads((runs[0] / "run.json").read_text())
+    assert record["status"] == "succeeded" and record["identification"][0]["layer"] == "fc"
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "already exists (SUCCEEDED)" in second.stdout
