@@ -208,7 +208,9 @@ class RayConfig(_Strict):
     actors: int | None = Field(None, ge=1, description="inference actors (default: one per GPU, else 1)")
     actor_cpus: float | None = Field(None, gt=0, description="CPUs reserved per actor (default 1 with a GPU, else 0.5)")
     read_cpus: float = Field(0.25, gt=0, description="CPUs reserved per read/decode actor")
-    readers: int | None = Field(None, ge=1, description="decode actors at most (default 4 per GPU actor, else 1 per actor)")
+    readers: int | None = Field(
+        None, ge=0, description="decode actors at most (default 4 per GPU actor; 0 on CPU: actors decode their own chunks)"
+    )
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per CPU actor (default: node CPUs / actors)")
     progress: bool = True
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
-import timm
 import torch
 from torch import Tensor, nn
 from torchvision import transforms
@@ -138,6 +137,7 @@ def _build(spec: ModelSpec) -> nn.Module:
         return builder(**dict(spec.kwargs))
     if spec.name in DEPTHS:
         return cifar_resnet(spec.name, **dict(spec.kwargs))
+    import timm  # imported when needed: it adds seconds to every worker that only needs a built-in model
     if not timm.is_model(spec.name):
         close = timm.list_models(f"*{spec.name.split('.')[0][:6]}*")[:8]
         raise ValueError(
@@ -152,6 +152,8 @@ def _build(spec: ModelSpec) -> nn.Module:
 
 
 def _timm_weights_cached(name: str) -> bool:
+    import timm
+
     cfg = timm.models.get_pretrained_cfg(name)
     hub = getattr(cfg, "hf_hub_id", None) if cfg else None
     if not hub:
@@ -172,6 +174,8 @@ def _preprocess(spec: ModelSpec, model: nn.Module) -> Callable[[Any], Tensor]:
                 transforms.Normalize(mean, std),
             ]
         )
+    import timm
+
     config = timm.data.resolve_model_data_config(model)
     if spec.image_size:
         config["input_size"] = (3, spec.image_size, spec.image_size)

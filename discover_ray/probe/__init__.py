@@ -302,3 +302,33 @@ def _classes(images: list[ProbeImage]) -> tuple[str, ...] | None:
     if not named:
         return None
     return tuple(named.get(i) or str(i) for i in range(max(named) + 1))
+
+
+def preprocess_batch(images: Sequence[Image.Image], transform: Callable[[Image.Image], Any]) -> Any:
+    """``torch.stack([transform(im) for im in images])``, faster for the usual transforms.
+
+    A ``Compose`` ending in ToTensor (torchvision or timm's MaybeToTensor) and Normalize runs its
+    geometric head per image and its tail once on the stacked uint8 batch: the same arithmetic
+    (x / 255, then (x − mean) / std), without a float tensor and a normalisation per image.
+    """
+    import numpy as np
+    import torch
+    from torchvision import transforms as T
+
+    steps = list(transform.transforms) if isinstance(transform, T.Compose) else []
+    cut = next((i for i, t in enumerate(steps) if type(t).__name__ in ("ToTensor", "MaybeToTensor")), None)
+    if cut is not None and all(isinstance(t, T.Normalize) for t in steps[cut + 1 :]):
+        heads = []
+        for image in images:
+            for step in steps[:cut]:
+                image = step(image)
+            heads.append(image)
+        if heads and all(isinstance(h, Image.Image) and h.mode == "RGB" and h.size == heads[0].size for h in heads):
+            batch = torch.from_numpy(np.stack([np.asarray(h) for h in heads])).permute(0, 3, 1, 2)
+            x = batch.to(torch.float32).div_(255)
+            for step in steps[cut + 1 :]:
+                mean = torch.as_tensor(step.mean, dtype=x.dtype).view(1, -1, 1, 1)
+                std = torch.as_tensor(step.std, dtype=x.dtype).view(1, -1, 1, 1)
+                x.sub_(mean).div_(std)
+            return x.contiguous()
+    return torch.stack([transform(image) for image in images])

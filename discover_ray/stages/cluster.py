@@ -29,7 +29,8 @@ def connect(config: RayConfig) -> Resources:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(num_cpus=config.num_cpus or os.cpu_count(), include_dashboard=False)
+            # "local": always a fresh cluster of our own, never a stale one another `ray start` left behind
+            ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count(), include_dashboard=False)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver shows its own progress, per stage
     context.print_on_execution_start = False

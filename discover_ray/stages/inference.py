@@ -17,7 +17,7 @@ import numpy as np
 import ray
 import torch
 
-from discover_ray.probe import ProbeError, ProbeSet, decode_images
+from discover_ray.probe import ProbeError, ProbeSet, decode_images, preprocess_batch
 from discover_ray.stages.cluster import Resources
 
 
@@ -51,16 +51,17 @@ def plan_pool(
     readers: int | None,
     threads: int | None,
 ) -> Pool:
-    """One inference actor per GPU, fed by up to ``readers`` decode actors each (decoding 224 px JPEGs fast
-    enough for a GPU takes several cores). On CPU-only clusters one actor with fractional CPUs and one
-    decoder, leaving headroom: an actor pool that holds every CPU stalls the pipeline."""
+    """One inference actor per GPU, fed by up to ``readers`` decode actors (decoding 224 px JPEGs fast
+    enough for a GPU takes several cores). On CPU-only clusters one actor with fractional CPUs that
+    decodes its own chunks (``readers=0``), leaving headroom: an actor pool that holds every CPU stalls
+    the pipeline."""
     if resources.has_gpu:
         n = actors or int(resources.gpus)
         cpus = actor_cpus if actor_cpus is not None else 1.0
-        return Pool(n, cpus, 1.0, read_cpus, readers or 4 * n, threads or 4)
+        return Pool(n, cpus, 1.0, read_cpus, readers if readers is not None else 4 * n, threads or 4)
     n = actors or 1
     cpus = actor_cpus if actor_cpus is not None else 0.5
-    n_readers = readers or n
+    n_readers = readers if readers is not None else 0
     if n * cpus + n_readers * read_cpus > resources.cpus:
         raise ValueError(
             f"{n} actors × {cpus} CPUs plus {n_readers} readers × {read_cpus} exceed the cluster's "
@@ -94,13 +95,28 @@ class ChunkDecoder:
         return decode_chunk(batch, self.probe, self.preprocess)
 
 
+class DecodeThen:
+    """A Ray Data actor that decodes its chunk itself, then runs ``actor`` on it.
+
+    Used on CPU-only clusters: there, separate decode actors only compete with the forward pass for the
+    same cores (and an OpenMP forward pass stalls whenever one of its threads is preempted).
+    """
+
+    def __init__(self, probe: ProbeSet, preprocess: Callable[[Any], torch.Tensor], actor: type, actor_kwargs: dict[str, Any]):
+        self.probe, self.preprocess = probe, preprocess
+        self.inner = actor(**actor_kwargs)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.inner(decode_chunk(batch, self.probe, self.preprocess))
+
+
 def decode_chunk(batch: dict[str, np.ndarray], probe: ProbeSet, preprocess: Callable[[Any], torch.Tensor]) -> dict[str, np.ndarray]:
     """Read and decode one chunk; unreadable images are listed, not raised (the budget is probe-wide)."""
     start, stop = int(batch["start"][0]), int(batch["stop"][0])
     images = probe.images[start:stop]
     decoded = decode_images(probe, images, failure_budget=1.0)
     if decoded.images:
-        pixels = torch.stack([preprocess(im) for im in decoded.images]).numpy()
+        pixels = preprocess_batch(decoded.images, preprocess).numpy()
     else:
         pixels = np.zeros((0, 3, 1, 1), dtype=np.float32)
     return {
@@ -137,16 +153,22 @@ def run_chunks(
     for row in rows:
         expected[row["shard"]] = expected.get(row["shard"], 0) + 1
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    inner = {**actor_kwargs, "threads": pool.torch_threads}
+    if pool.readers:
+        dataset = dataset.map_batches(
+            ChunkDecoder,
+            fn_constructor_kwargs={"probe": probe, "preprocess": preprocess},
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool.readers),
+            num_cpus=pool.read_cpus,
+        )
+        actor_class, constructor = actor, inner
+    else:
+        actor_class = DecodeThen
+        constructor = {"probe": probe, "preprocess": preprocess, "actor": actor, "actor_kwargs": inner}
     dataset = dataset.map_batches(
-        ChunkDecoder,
-        fn_constructor_kwargs={"probe": probe, "preprocess": preprocess},
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool.readers),
-        num_cpus=pool.read_cpus,
-    )
-    dataset = dataset.map_batches(
-        actor,
-        fn_constructor_kwargs={**actor_kwargs, "threads": pool.torch_threads},
+        actor_class,
+        fn_constructor_kwargs=constructor,
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=pool.actors),
         num_cpus=pool.actor_cpus,

@@ -209,12 +209,13 @@ class _Job:
         kept = [set(datasets[layer].begin(hashes[layer])) for layer in pending]
         todo = self._todo(sorted(set.intersection(*kept)))
         rows = 0
+        clock = _Throughput(started)
         with self._progress(f"RECORD {model.config.label}", todo) as advance:
             for shard in run_chunks(
                 self.probe, c.probe.shard_size, todo, c.record.batch_size, model.preprocess, ActivationRecorder,
                 {"spec": model.config.spec(), "layers": pending, "conv_pool": c.record.conv_pool,
                  "token_pool": c.record.token_pool, "seed": c.seed},
-                self.pool, c.probe.failure_budget, advance,
+                self.pool, c.probe.failure_budget, clock.wrap(advance),
             ):
                 for i, layer in enumerate(pending):
                     acts = shard.outputs.get(f"layer{i}", np.zeros((0, 0), np.float32))
@@ -227,7 +228,7 @@ class _Job:
             datasets[layer].commit(hashes[layer], self._rows(datasets[layer]), units=units,
                                    block_size=model.block_sizes[layer], checkpoint_id=model.checkpoint_id)
         self.record.stage("RECORD", f"{model.config.label}: {', '.join(pending)}", "done", time.perf_counter() - started,
-                          shards=len(todo), rows=rows)
+                          shards=len(todo), rows=rows, **clock.summary())
         return hashes
 
     # -- REDUCE ----------------------------------------------------------------------------------
@@ -350,6 +351,31 @@ class _Job:
         size = self.config.probe.shard_size
         total = sum(min(size, len(self.probe) - s * size) for s in shards)
         return _ProgressBar(title, total, self.console, self.config.ray.progress)
+
+
+class _Throughput:
+    """Start-up latency (until the first chunk is back: actors started, models loaded) and the rate after it."""
+
+    def __init__(self, started: float):
+        self.started, self.first, self.last, self.images_after_first = started, None, None, 0
+
+    def wrap(self, advance):
+        def counted(n: int) -> None:
+            now = time.perf_counter()
+            if self.first is None:
+                self.first = now
+            else:
+                self.images_after_first += n
+            self.last = now
+            advance(n)
+
+        return counted
+
+    def summary(self) -> dict[str, float]:
+        if self.first is None or self.last is None or self.last <= self.first:
+            return {}
+        return {"startup_s": round(self.first - self.started, 3),
+                "images_per_s_after_startup": round(self.images_after_first / (self.last - self.first), 1)}
 
 
 class _ProgressBar:

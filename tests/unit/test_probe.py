@@ -128,3 +128,24 @@ def test_shared_cifar10_test_split(shared):
     assert probe.images[0].image_id == "cifar10/test/airplane/0000"
     decoded = decode_images(probe, probe.images[:64])
     assert len(decoded.images) == 64 and decoded.images[0].size == (32, 32)
+
+
+def test_batched_preprocess_equals_the_per_image_transform():
+    import timm.data
+    import torch
+    from torchvision import transforms
+
+    from discover_ray.probe import preprocess_batch
+
+    rng = torch.Generator().manual_seed(0)
+    images = [
+        Image.fromarray(torch.randint(0, 256, (40, 36, 3), generator=rng, dtype=torch.uint8).numpy()) for _ in range(5)
+    ]
+    for transform in (
+        transforms.Compose([transforms.Resize(32), transforms.CenterCrop(32), transforms.ToTensor(),
+                            transforms.Normalize((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))]),
+        timm.data.create_transform(input_size=(3, 24, 24), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        transforms.Compose([transforms.Resize((16, 16)), transforms.PILToTensor()]),  # falls back per image
+    ):
+        expected = torch.stack([transform(im) for im in images])
+        assert torch.equal(preprocess_batch(images, transform), expected)

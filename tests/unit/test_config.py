@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from discover_ray.config import ConfigError, load_config
+from discover_ray.encoders.labels import label_concept_scores
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_example_configs_validate(monkeypatch, tmp_path):
+    monkeypatch.setenv("DISCOVER_SHARED", str(tmp_path))
+    cifar = load_config(REPO / "jobs/configs/cifar10_resnet20.yaml")
+    assert cifar.probe.source == str(tmp_path / "data/cifar10/test.parquet")  # ${VAR:-default} expanded
+    assert cifar.models[0].layers == ["layer1", "layer2", "layer3", "linear"]
+    real = load_config(REPO / "jobs/configs/imagenet_vit_b16.yaml")
+    assert real.concepts[0].model == "ViT-B-16" and real.store.startswith("s3://")
+    assert cifar.run_id != real.run_id and cifar.submission_id == f"dissect-{cifar.run_id}"
+
+
+def test_run_id_ignores_where_and_how_wide():
+    base = {"probe": {"source": "/data/p"}, "models": [{"name": "cifar_resnet20", "layers": ["linear"]}],
+            "concepts": [{"kind": "labels"}]}
+    a = load_config(base)
+    b = load_config({**base, "store": "s3://x/y", "ray": {"address": "ray://h:10001", "actors": 4}})
+    c = load_config({**base, "record": {"conv_pool": "max"}})
+    assert a.run_id == b.run_id != c.run_id
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"reduce": {"methods": ["softwpmi"]}}, "unknown method 'softwpmi'"),
+        ({"reduce": {"params": {"soft_wpmi": {"topk": 3}}}}, "topk"),
+        ({"probe": {"source": "/p", "shard": 3}}, "probe.shard: Extra inputs"),
+        ({"concepts": [{"kind": "words"}]}, "concepts.0"),
+        ({"models": []}, "models"),
+        ({"probe": {"source": "${NOT_SET_ANYWHERE}"}}, "NOT_SET_ANYWHERE is not set"),
+    ],
+)
+def test_bad_configs_name_the_field(change, message):
+    base = {"probe": {"source": "/data/p"}, "models": [{"name": "cifar_resnet20", "layers": ["linear"]}],
+            "concepts": [{"kind": "labels"}]}
+    with pytest.raises((ConfigError, ValueError), match=message):
+        load_config({**base, **change})
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_label_concepts_one_hot_and_superclasses():
+    concepts, scores = label_concept_scores(
+        [0, 2, 1, 2], ("cat", "dog", "car"), {"animal": ["cat", "dog"], "vehicle": ["car"]}
+    )
+    assert concepts.concepts == ("cat", "dog", "car", "animal", "vehicle")
+    assert torch.equal(scores, torch.tensor([[1, 0, 0, 1, 0], [0, 0, 1, 0, 1], [0, 1, 0, 1, 0], [0, 0, 1, 0, 1.0]]))
+    with pytest.raises(ValueError, match="have no label"):
+        label_concept_scores([0, None], ("cat", "dog"))
+    with pytest.raises(ValueError, match="not classes of the probe set"):
+        label_concept_scores([0], ("cat", "dog"), {"pets": ["cat", "hamster"]})
