@@ -21,7 +21,7 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a stale `ray start` cluster
     try:
         yield
     finally:
