@@ -27,8 +27,8 @@ def test_resnet20_linear_units_are_their_classes(shared, tmp_path):
     })
     console = Console(record=True, width=200)
     result = dissect(config, console=console)
-    assert "neuron identification resnet" not in console.export_text()  # no alias: the name is used
-    assert "neuron identification cifar_resnet20/linear (soft_wpmi, labels): top-1 100%" in console.export_text()
+    printed = console.export_text()
+    assert "neuron identification cifar_resnet20/linear (soft_wpmi, labels): top-1 100%" in printed
     (ident,) = result.identification
     assert ident["top1"] == 1.0 and ident["units"] == 10
     (_, table), = read_labels(config.store, result.run_id, "linear")
