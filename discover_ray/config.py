@@ -132,16 +132,7 @@ class ModelConfig(_Strict):
         return self.alias or self.name
 
     def spec(self) -> ModelSpec:
-        return ModelSpec(
-            name=self.name,
-            checkpoint=self.checkpoint,
-            builder=self.builder,
-            pretrained=self.pretrained,
-            kwargs=self.kwargs,
-            image_size=self.image_size,
-            mean=self.mean,
-            std=self.std,
-        )
+        return ModelSpec(**self.model_dump(exclude={"alias", "layers"}))
 
 
 class LabelConcepts(_Strict):

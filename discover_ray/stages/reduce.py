@@ -29,7 +29,7 @@ class ConceptSource:
 
     @property
     def n_concepts(self) -> int:
-        return (self.scores if self.scores is not None else self.concept_emb).shape[1 if self.scores is not None else 0]
+        return self.scores.shape[1] if self.scores is not None else self.concept_emb.shape[0]
 
     def kwargs(self) -> dict[str, torch.Tensor]:
         if self.scores is not None:
