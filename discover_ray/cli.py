@@ -176,5 +176,50 @@ def labels(
             console.print(f"({len(by_unit) - len(shown)} more units; --units 0 shows all)")
 
 
+def run_train(config_path: str, address: str | None = None, storage_path: str | None = None, epochs: int | None = None) -> int:
+    """Load, train (or resume), and report a training run; bad input prints one clear error line and returns 2."""
+    from discover_ray.config import ConfigError
+    from discover_ray.models import CheckpointMismatch
+    from discover_ray.probe import ProbeError
+    from discover_ray.train.config import load_train_config
+
+    try:
+        config = load_train_config(config_path, storage_path=storage_path, epochs=epochs)
+        if address:
+            config = config.model_copy(update={"scaling": config.scaling.model_copy(update={"address": address})})
+        from discover_ray.train import train as run
+
+        result = run(config, console=console)
+    except (ConfigError, ProbeError, CheckpointMismatch, KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+        return 2
+    view = Table(title=f"{result.name}: {config.model.name}")
+    for column in ("epoch", "loss", "ce", "kl", "train top-1", "val top-1", "active fraction", "img/s"):
+        view.add_column(column, justify="right")
+    for row in result.history:
+        fractions = row["active_fraction"]
+        low, high = (min(fractions.values()), max(fractions.values())) if fractions else (1.0, 1.0)
+        active = f"{low:.4f}" if round(low, 4) == round(high, 4) else f"{low:.4f}–{high:.4f}"
+        view.add_row(str(row["epoch"]), f"{row['loss']:.4f}", f"{row['ce']:.4f}", f"{row['kl']:.4f}",
+                     f"{row['train_top1']:.2%}", f"{row['val_top1']:.2%}" if "val_top1" in row else "–", active,
+                     f"{row['images_per_s']:.0f}")
+    console.print(view)
+    trained = f"trained epochs {result.trained_epochs[0]}–{result.trained_epochs[-1]}" if result.trained_epochs else "nothing to train"
+    console.print(f"{trained}; checkpoint: {result.model_file}")
+    return 0
+
+
+@app.command()
+def train(
+    config: Annotated[str, typer.Argument(help="Training config (YAML); see jobs/configs/train_*.yaml.")],
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default RAY_ADDRESS or a local cluster.")] = None,
+    storage_path: Annotated[Optional[str], typer.Option(help="Checkpoint root (path or s3://...), overriding the config.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Train to this many epochs, overriding the config.")] = None,
+) -> None:
+    """Train a (competitive) vision network with Ray Train; a re-run with the same name resumes it."""
+    raise typer.Exit(run_train(config, address, storage_path, epochs))
+
+
 if __name__ == "__main__":
     app()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import fsspec
 import pyarrow.parquet as pq
@@ -25,7 +25,7 @@ from discover_ray.probe import ProbeError, ProbeSet
 from discover_ray.similarity import METHODS, resolve_params
 from discover_ray.store import DEFAULT_ROOT, config_hash
 
-__all__ = ["ConfigError", "DissectConfig", "load_config", "expand_env"]
+__all__ = ["ConfigError", "DissectConfig", "load_config", "expand_env", "validate"]
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -36,6 +36,9 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_Config = TypeVar("_Config", bound=BaseModel)
 
 
 def _absolute(path: str | None) -> str | None:
@@ -169,6 +172,10 @@ ConceptSource = Annotated[LabelConcepts | ClipConcepts, Field(discriminator="kin
 class RecordConfig(_Strict):
     conv_pool: Literal["mean", "max"] = "mean"
     token_pool: Literal["cls", "mean", "max"] = "cls"
+    competition: Literal["sample", "argmax"] = Field(
+        "sample",
+        description="LWTA layers: one seeded stochastic pass (the paper: eval() does not stop sampling) or argmax winners",
+    )
     batch_size: int = Field(256, ge=1, description="images per forward pass; fixed chunks of each shard")
 
 
@@ -256,6 +263,11 @@ def expand_env(value: Any) -> Any:
 
 def load_config(source: str | Path | dict[str, Any], **overrides: Any) -> DissectConfig:
     """A validated config from a YAML file (or an already parsed dict); ``overrides`` replace top-level keys."""
+    return validate(DissectConfig, source, "dissection", **overrides)
+
+
+def validate(model: type[_Config], source: str | Path | dict[str, Any], what: str, **overrides: Any) -> _Config:
+    """Read YAML (or take a parsed dict), expand ``${VAR}``, apply top-level ``overrides``, and validate."""
     if isinstance(source, dict):
         raw: Any = dict(source)
         where = "config"
@@ -272,7 +284,7 @@ def load_config(source: str | Path | dict[str, Any], **overrides: Any) -> Dissec
         raise ConfigError(f"{where} must be a mapping of keys to values")
     raw = expand_env({**raw, **{k: v for k, v in overrides.items() if v is not None}})
     try:
-        return DissectConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"{where} is not a valid dissection config: {problems}") from None
+        raise ConfigError(f"{where} is not a valid {what} config: {problems}") from None

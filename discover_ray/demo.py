@@ -12,13 +12,17 @@ import torch
 from torch import nn
 
 from discover_ray import world
+from discover_ray.cvn import to_cvn
 from discover_ray.evaluate import NeuronIdentification, neuron_identification
 from discover_ray.record import record_activations
 from discover_ray.similarity import similarity_matrix, top_concepts
 
 
-def tiny_cnn(n_classes: int) -> nn.Sequential:
-    """Three conv–BN–ReLU–pool stages and a linear classifier; ~98 % on the generated shapes."""
+def tiny_cnn(n_classes: int, competitors: int = 1) -> nn.Sequential:
+    """Three conv–BN–ReLU–pool stages and a linear classifier; ~98 % on the generated shapes.
+
+    ``competitors`` > 1 gives its competitive twin: every ReLU an LWTA block of that many channels.
+    """
     stages: list[tuple[str, nn.Module]] = []
     width_in = 3
     for i, width in enumerate((16, 32, 32), start=1):
@@ -30,7 +34,8 @@ def tiny_cnn(n_classes: int) -> nn.Sequential:
         ]
         width_in = width
     stages += [("flatten", nn.Flatten()), ("fc", nn.Linear(32 * 4 * 4, n_classes))]
-    return nn.Sequential(OrderedDict(stages))
+    model = nn.Sequential(OrderedDict(stages))
+    return to_cvn(model, competitors) if competitors > 1 else model
 
 
 @dataclass

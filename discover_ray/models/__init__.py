@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import transforms
 
+from discover_ray.cvn.registry import create_cvn, parse_cvn_name
 from discover_ray.encoders.hub import hub_cached, hub_reachable
 from discover_ray.ids import file_sha256
 from discover_ray.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD, DEPTHS, cifar_resnet
@@ -33,9 +34,11 @@ class CheckpointMismatch(ValueError):
 class ModelSpec:
     """Which model to build and which weights to put in it.
 
-    ``name`` is a built-in (``cifar_resnet20`` … ``cifar_resnet110``) or a timm model name; ``builder``
-    (``package.module:function``) replaces both. ``checkpoint`` is a local path or URI of weights;
-    ``pretrained`` asks timm for its own weights instead.
+    ``name`` is a built-in (``cifar_resnet20`` … ``cifar_resnet110``), a timm model name, or either with a
+    ``_cvn<U>`` suffix for its competitive twin (every ReLU/GELU turned into LWTA with U competitors,
+    e.g. ``cifar_resnet20_cvn2``, ``deit_tiny_cvn16``); ``builder`` (``package.module:function``) replaces
+    them. ``checkpoint`` is a local path or URI of weights; ``pretrained`` asks timm for its own weights
+    instead (a competitive twin gets its base's weights, which fit it: LWTA has no parameters).
     """
 
     name: str
@@ -56,7 +59,8 @@ class LoadedModel:
 
 
 def builtin_models() -> tuple[str, ...]:
-    return tuple(DEPTHS)
+    """The built-in CIFAR ResNets, then the pattern of their competitive twins."""
+    return (*DEPTHS, "cifar_resnet<depth>_cvn<U>")
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
@@ -135,19 +139,24 @@ def _build(spec: ModelSpec) -> nn.Module:
         except (ImportError, AttributeError) as err:
             raise ValueError(f"cannot find builder {spec.builder!r}: {err}") from None
         return builder(**dict(spec.kwargs))
-    if spec.name in DEPTHS:
-        return cifar_resnet(spec.name, **dict(spec.kwargs))
+    parsed = parse_cvn_name(spec.name)
+    base = parsed[0] if parsed else spec.name
+    if base in DEPTHS:
+        return create_cvn(spec.name, **dict(spec.kwargs)) if parsed else cifar_resnet(spec.name, **dict(spec.kwargs))
     import timm  # imported when needed: it adds seconds to every worker that only needs a built-in model
-    if not timm.is_model(spec.name):
-        close = timm.list_models(f"*{spec.name.split('.')[0][:6]}*")[:8]
+    if not timm.is_model(base):
+        close = timm.list_models(f"*{base.split('.')[0][:6]}*")[:8]
         raise ValueError(
-            f"unknown model {spec.name!r}: not built in ({', '.join(DEPTHS)}) nor a timm model; similar: {close}"
+            f"unknown model {spec.name!r}: not built in ({', '.join(DEPTHS)}) nor a timm model, each optionally "
+            f"with a _cvn<U> suffix for its competitive twin (e.g. cifar_resnet20_cvn2); similar: {close}"
         )
-    if spec.pretrained and not hub_reachable() and not _timm_weights_cached(spec.name):
+    if spec.pretrained and not hub_reachable() and not _timm_weights_cached(base):
         raise RuntimeError(
-            f"cannot download pretrained timm weights for {spec.name!r}: the model hub is unreachable and the weights "
+            f"cannot download pretrained timm weights for {base!r}: the model hub is unreachable and the weights "
             "are not cached. Give a local or s3:// checkpoint instead (checkpoint=...), or copy the Hugging Face cache here."
         )
+    if parsed:
+        return create_cvn(spec.name, pretrained=spec.pretrained, **dict(spec.kwargs))
     return timm.create_model(spec.name, pretrained=spec.pretrained, **dict(spec.kwargs))
 
 
@@ -164,7 +173,8 @@ def _timm_weights_cached(name: str) -> bool:
 
 def _preprocess(spec: ModelSpec, model: nn.Module) -> Callable[[Any], Tensor]:
     """The config file's values first, then the model's own data config (timm), then CIFAR defaults."""
-    if spec.name in DEPTHS and not spec.builder:
+    parsed = parse_cvn_name(spec.name)
+    if (parsed[0] if parsed else spec.name) in DEPTHS and not spec.builder:
         size, mean, std = spec.image_size or 32, spec.mean or CIFAR_MEAN, spec.std or CIFAR_STD
         return transforms.Compose(
             [

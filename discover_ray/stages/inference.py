@@ -9,6 +9,7 @@ so part files are named by shard index and appear atomically, one per shard.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,15 +100,22 @@ class DecodeThen:
     """A Ray Data actor that decodes its chunk itself, then runs ``actor`` on it.
 
     Used on CPU-only clusters: there, separate decode actors only compete with the forward pass for the
-    same cores (and an OpenMP forward pass stalls whenever one of its threads is preempted).
+    same cores (and an OpenMP forward pass stalls whenever one of its threads is preempted). Two calls
+    run at once (``CONCURRENT_CALLS``), so the next chunk decodes while this one runs the model; a lock
+    keeps the forward passes one at a time, each with all of the actor's threads.
     """
+
+    CONCURRENT_CALLS = 2
 
     def __init__(self, probe: ProbeSet, preprocess: Callable[[Any], torch.Tensor], actor: type, actor_kwargs: dict[str, Any]):
         self.probe, self.preprocess = probe, preprocess
         self.inner = actor(**actor_kwargs)
+        self.forward_lock = threading.Lock()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.inner(decode_chunk(batch, self.probe, self.preprocess))
+        decoded = decode_chunk(batch, self.probe, self.preprocess)
+        with self.forward_lock:
+            return self.inner(decoded)
 
 
 def decode_chunk(batch: dict[str, np.ndarray], probe: ProbeSet, preprocess: Callable[[Any], torch.Tensor]) -> dict[str, np.ndarray]:
@@ -162,15 +170,16 @@ def run_chunks(
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool.readers),
             num_cpus=pool.read_cpus,
         )
-        actor_class, constructor = actor, inner
+        actor_class, constructor, concurrency = actor, inner, {}
     else:
         actor_class = DecodeThen
         constructor = {"probe": probe, "preprocess": preprocess, "actor": actor, "actor_kwargs": inner}
+        concurrency = {"max_concurrent_calls_per_actor": DecodeThen.CONCURRENT_CALLS, "enable_true_multi_threading": True}
     dataset = dataset.map_batches(
         actor_class,
         fn_constructor_kwargs=constructor,
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=pool.actors),
+        compute=ray.data.ActorPoolStrategy(size=pool.actors, **concurrency),
         num_cpus=pool.actor_cpus,
         num_gpus=pool.actor_gpus,
     )

@@ -23,10 +23,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from discover_ray.concepts import ConceptSet, load_concepts
 from discover_ray.config import ClipConcepts, DissectConfig, LabelConcepts, ModelConfig
+from discover_ray.cvn.blocks import competition_blocks
 from discover_ray.encoders.clip import check_clip
 from discover_ray.encoders.labels import label_concept_scores
 from discover_ray.evaluate import NeuronIdentification
 from discover_ray.ids import content_id
+from discover_ray.probe import ProbeError, decode_images
 from discover_ray.record import resolve_layers, unit_names
 from discover_ray.runs import LabelEntry, RunRecord
 from discover_ray.similarity import check_probe_size
@@ -146,10 +148,18 @@ class _Job:
         checkpoint_id = loaded.checkpoint_id or content_id(
             "model\0" + config_hash({**model.model_dump(mode="json", exclude={"alias", "layers"}), "seed": self.config.seed})
         )
-        block_sizes = {name: int(getattr(module, "competitors", 1)) for name, module in modules.items()}
+        block_sizes = competition_blocks(loaded.model, modules, self._example(loaded.preprocess))
         self.record.data["models"][model.label] = {"checkpoint_id": checkpoint_id, "spec": model.model_dump(mode="json")}
         self.record.save()
         return _Model(model, checkpoint_id, loaded.preprocess, block_sizes)
+
+    def _example(self, preprocess) -> torch.Tensor:
+        """One preprocessed probe image (the first that decodes), for a forward pass on the driver."""
+        for start in range(0, min(len(self.probe), 64), 8):
+            decoded = decode_images(self.probe, self.probe.images[start : start + 8], failure_budget=1.0)
+            if decoded.images:
+                return preprocess(decoded.images[0])[None]
+        raise ProbeError(f"none of the first probe images of {self.probe.source!r} could be decoded")
 
     # -- EMBED -----------------------------------------------------------------------------------
     def _embed(self, source: _Source) -> None:
@@ -214,7 +224,7 @@ class _Job:
             for shard in run_chunks(
                 self.probe, c.probe.shard_size, todo, c.record.batch_size, model.preprocess, ActivationRecorder,
                 {"spec": model.config.spec(), "layers": pending, "conv_pool": c.record.conv_pool,
-                 "token_pool": c.record.token_pool, "seed": c.seed},
+                 "token_pool": c.record.token_pool, "seed": c.seed, "competition": c.record.competition},
                 self.pool, c.probe.failure_budget, clock.wrap(advance),
             ):
                 for i, layer in enumerate(pending):
@@ -265,7 +275,7 @@ class _Job:
             block = self.store.activations(model.checkpoint_id, self.probe_id, layer).marker().get("block_size", 1)
             for method, (dataset, key) in targets.items():
                 values, index = results[method]
-                ident = NeuronIdentification(torch.from_numpy(ranks[method])).as_dict() if method in ranks else None
+                ident = NeuronIdentification(torch.from_numpy(np.array(ranks[method]))).as_dict() if method in ranks else None
                 dataset.begin(key)
                 dataset.write_part(0, _label_table(values, index, source.concepts, block))
                 dataset.commit(key, values.size, identification=ident, images=len(a))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from discover_ray.cvn import lwta_modules, seed_sampling, set_deterministic
 from discover_ray.models import ModelSpec, load_model
 from discover_ray.record import ConvPool, TokenPool, record_activations
 
@@ -20,19 +21,25 @@ class ActivationRecorder:
     """A Ray Data actor: loads its model once in ``__init__``, records pooled activations per chunk."""
 
     def __init__(
-        self, spec: ModelSpec, layers: list[str], conv_pool: ConvPool, token_pool: TokenPool, seed: int, threads: int
+        self, spec: ModelSpec, layers: list[str], conv_pool: ConvPool, token_pool: TokenPool, seed: int, threads: int,
+        competition: str = "sample",
     ):
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = seeded_load(spec, seed).model.to(self.device)
-        self.layers, self.conv_pool, self.token_pool = list(layers), conv_pool, token_pool
+        self.layers, self.conv_pool, self.token_pool, self.seed = list(layers), conv_pool, token_pool, seed
+        self.competing = bool(lwta_modules(self.model))
+        set_deterministic(self.model, competition == "argmax")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = np.asarray(batch["pixels"][0])
         out = {k: batch[k] for k in ("shard", "chunk", "image_ids", "failed")}
         if len(pixels) == 0:
             return out
-        x = torch.from_numpy(np.array(pixels, copy=True))  # batches may be read-only object-store views.to(self.device, non_blocking=True)
+        # batches may be read-only object-store views: copy before handing them to torch
+        x = torch.from_numpy(np.array(pixels, copy=True)).to(self.device, non_blocking=True)
+        if self.competing:  # the LWTA noise of a chunk depends on the chunk alone, not on the actor or the order
+            seed_sampling(self.model, self.seed * 1_000_003 + int(batch["shard"][0]) * 100_003 + int(batch["chunk"][0]))
         acts = record_activations(self.model, self.layers, [x], self.conv_pool, self.token_pool)
         for i, layer in enumerate(self.layers):
             out[f"layer{i}"] = acts[layer].numpy()[None]

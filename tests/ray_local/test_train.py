@@ -1,0 +1,115 @@
+"""Training through Ray Train's TorchTrainer on the session cluster: checkpoints, metrics, exact resume,
+two-worker DDP, and dissecting what was trained."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from rich.console import Console
+from safetensors.torch import load_file
+
+from discover_ray import world
+from discover_ray.cli import run_train
+from discover_ray.config import load_config
+from discover_ray.runs import load_run
+from discover_ray.stages import dissect
+from discover_ray.store import Store
+from discover_ray.train import train
+from discover_ray.train.config import load_train_config
+from tests.ray_local.conftest import tiny_config
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+QUIET = Console(quiet=True)
+TINY_CVN = {
+    "name": "tiny_cnn_cvn2",
+    "builder": "discover_ray.demo:tiny_cnn",
+    "kwargs": {"n_classes": len(world.class_names()), "competitors": 2},
+    "image_size": 32,
+}
+
+
+def train_config(folder, storage, **changes):
+    config = {
+        "name": "tiny-cvn",
+        "storage_path": str(storage),
+        "recipe": "resnet",
+        "model": TINY_CVN,
+        "data": {"train": {"source": str(folder)}, "val": {"source": str(folder)}},
+        "epochs": 1,
+        "batch_size": 24,
+        "optimizer": {"lr": 0.05},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5},
+    }
+    return load_train_config({**config, **changes})
+
+
+@pytest.fixture(scope="module")
+def first_epoch(world_folder, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("train")
+    return storage, train(train_config(world_folder, storage), console=QUIET)
+
+
+def test_one_epoch_writes_a_checkpoint_with_its_metrics(first_epoch):
+    storage, result = first_epoch
+    assert result.trained_epochs == [0]
+    assert result.model_file == f"{storage}/tiny-cvn/epoch_0000/model.safetensors"
+    folder = storage / "tiny-cvn" / "epoch_0000"
+    assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "training_state.pt", "metrics.json"}
+    state = torch.load(folder / "training_state.pt", weights_only=True)
+    assert state["epoch"] == 0 and "optimizer" in state and "scheduler" in state
+    metrics = result.final
+    assert metrics["epoch"] == 0 and metrics["lr"] == pytest.approx(0.05)
+    assert metrics["loss"] == pytest.approx(metrics["ce"] + 1e-3 * metrics["kl"], rel=1e-6)
+    assert 0 < metrics["kl"] <= 3 * torch.log(torch.tensor(2.0)).item()  # 3 LWTA layers, each at most log U
+    # every LWTA layer of U = 2 passes exactly half of its units, measured on its outputs
+    assert set(metrics["active_fraction"]) == {"relu1", "relu2", "relu3"}
+    assert all(f == pytest.approx(0.5, abs=1e-4) for f in metrics["active_fraction"].values())
+    assert 0 <= metrics["val_top1"] <= 1 and metrics["eval_samples"] == 4 and metrics["images_per_s"] > 0
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(first_epoch, world_folder, tmp_path):
+    storage, first = first_epoch
+    resumed = train(train_config(world_folder, storage, epochs=2), console=QUIET)
+    assert resumed.trained_epochs == [1] and len(resumed.history) == 2
+    assert resumed.history[0] == first.history[0]
+
+    straight = train(train_config(world_folder, tmp_path, epochs=2), console=QUIET)
+    assert straight.trained_epochs == [0, 1]
+    a, b = load_file(resumed.model_file), load_file(straight.model_file)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.final["loss"] == straight.final["loss"]
+
+
+def test_a_finished_run_trains_nothing_from_the_cli(first_epoch, world_folder, tmp_path, capsys):
+    storage, _ = first_epoch
+    raw = train_config(world_folder, storage).model_dump(mode="json")
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert run_train(str(path)) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and "tiny-cvn/epoch_0001/model.safetensors" in out  # the newest epoch
+
+
+def test_two_workers_train_with_ddp(world_folder, tmp_path):
+    result = train(train_config(world_folder, tmp_path, name="tiny-cvn-ddp",
+                                scaling={"num_workers": 2, "cpus_per_worker": 0.5}), console=QUIET)
+    metrics = result.final
+    assert result.trained_epochs == [0] and metrics["images_per_s"] > 0
+    assert all(f == pytest.approx(0.5, abs=1e-4) for f in metrics["active_fraction"].values())
+
+
+def test_a_trained_cvn_dissects_with_columns_per_block(first_epoch, world_folder, tmp_path):
+    _, trained = first_epoch
+    model = {**TINY_CVN, "checkpoint": trained.model_file, "layers": ["relu2", "pool2", "fc"]}
+    config = load_config(tiny_config(world_folder, tmp_path / "runs", models=[model], concepts=[{"kind": "labels"}]))
+    result = dissect(config, console=QUIET)
+    store = Store(str(tmp_path / "runs"))
+    run = load_run(store, result.run_id)
+    checkpoint, probe = run["models"]["tiny_cnn_cvn2"]["checkpoint_id"], run["probe"]["id"]
+    tables = {layer: store.activations(checkpoint, probe, layer).read() for layer in ("relu2", "pool2", "fc")}
+    relu2 = tables["relu2"]
+    assert relu2.column_names[1:5] == ["b0000_u00", "b0000_u01", "b0001_u00", "b0001_u01"]
+    assert relu2.schema.metadata[b"discover.block_size"] == b"2"
+    # a max-pool of an LWTA map is no longer a competition output; the classifier never was
+    assert tables["pool2"].column_names[1] == "u00000" and tables["fc"].column_names[1] == "u00000"
