@@ -7,6 +7,7 @@ over the layer) still span every concept, so the merged result equals a single c
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,8 @@ class ConceptSource:
 
     def kwargs(self) -> dict[str, torch.Tensor]:
         if self.scores is not None:
-            return {"concept_scores": torch.from_numpy(self.scores)}
-        return {"image_emb": torch.from_numpy(self.image_emb), "concept_emb": torch.from_numpy(self.concept_emb)}
+            return {"concept_scores": _tensor(self.scores)}
+        return {"image_emb": _tensor(self.image_emb), "concept_emb": _tensor(self.concept_emb)}
 
 
 def _device() -> str:
@@ -48,7 +49,7 @@ def _top_concepts_task(
 ) -> tuple[np.ndarray, np.ndarray]:
     torch.set_num_threads(threads)
     values, index = top_concepts(
-        method, torch.from_numpy(activations), k=k, device=_device(), dtype=getattr(torch, dtype),
+        method, _tensor(activations), k=k, device=_device(), dtype=getattr(torch, dtype),
         concept_range=concept_range, **source.kwargs(), **params,
     )
     return values.cpu().numpy(), index.cpu().numpy()
@@ -63,7 +64,7 @@ def _ranks_task(
     torch.set_num_threads(threads)
     m = source.n_concepts
     values, index = top_concepts(
-        method, torch.from_numpy(activations), k=m, device=_device(), dtype=getattr(torch, dtype),
+        method, _tensor(activations), k=m, device=_device(), dtype=getattr(torch, dtype),
         **source.kwargs(), **params,
     )
     scores = torch.empty_like(values).scatter_(1, index, values)  # back to concept order
@@ -120,3 +121,10 @@ def identification_ranks(
         for method in methods
     }
     return {method: ray.get(f) for method, f in futures.items()}
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over an array that may be a read-only object-store view; the kernels only read it, so no copy."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)

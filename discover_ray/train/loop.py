@@ -44,6 +44,8 @@ def train_loop(raw_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if config.scaling.use_gpu else torch.device("cpu")
+    if device.type == "cpu":  # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this worker reserved
+        torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
 
     torch.manual_seed(config.seed)  # the same initial weights on every worker
     loaded = load_model(config.model.spec())

@@ -10,6 +10,7 @@ the median runs, as timings on a shared machine vary).
 
     python tests/benchmarks/bench_cvn.py                          # all pairs
     python tests/benchmarks/bench_cvn.py --models cifar_resnet20 --repeat 5
+    python tests/benchmarks/bench_cvn.py --device cuda --full-size      # a GPU: bf16 autocast, 224 px, batch 256
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,22 +60,24 @@ PAIRS = {
 class Trainer:
     """A model, its optimizer and a fixed random batch; ``steps(n)`` returns seconds per step."""
 
-    def __init__(self, name: str, pair: Pair, seed: int):
+    def __init__(self, name: str, pair: Pair, seed: int, device: torch.device, compile_model: bool = False):
         torch.manual_seed(seed)
-        self.name = name
+        self.name, self.device = name, device
         self.cvn = name == pair.cvn
-        self.model = load_model(ModelSpec(name=name, kwargs=pair.kwargs)).model.train()
+        self.model = load_model(ModelSpec(name=name, kwargs=pair.kwargs)).model.to(device).train()
+        self.forward = torch.compile(self.model) if compile_model else self.model
         params = self.model.parameters()
         if pair.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
         else:
             self.optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
-        self.images = torch.randn(pair.batch, 3, pair.image_size, pair.image_size)
-        self.labels = torch.randint(0, pair.classes, (pair.batch,))
+        self.images = torch.randn(pair.batch, 3, pair.image_size, pair.image_size, device=device)
+        self.labels = torch.randint(0, pair.classes, (pair.batch,), device=device)
 
     def step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(self.images)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits = self.forward(self.images)
         if self.cvn:
             loss = elbo_loss(logits, self.labels, self.model, kl_weight=KL_WEIGHT).loss
         else:
@@ -83,14 +86,18 @@ class Trainer:
         self.optimizer.step()
 
     def steps(self, n: int) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         started = time.perf_counter()
         for _ in range(n):
             self.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         return (time.perf_counter() - started) / n
 
 
-def bench_pair(pair: Pair, repeat: int, steps: int, warmup: int) -> dict[str, Any]:
-    trainers = [Trainer(pair.original, pair, seed=0), Trainer(pair.cvn, pair, seed=0)]
+def bench_pair(pair: Pair, repeat: int, steps: int, warmup: int, device: torch.device, compile_model: bool) -> dict[str, Any]:
+    trainers = [Trainer(name, pair, 0, device, compile_model) for name in (pair.original, pair.cvn)]
     for trainer in trainers:
         trainer.steps(warmup)
     runs: dict[str, list[float]] = {trainer.name: [] for trainer in trainers}
@@ -118,6 +125,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="training steps per timing")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda)")
+    parser.add_argument("--full-size", action="store_true", help="224 px inputs and batch 256 (ResNet-18, DeiT-Tiny)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models of each pair")
     args = parser.parse_args()
     chosen = [name.strip() for name in args.models.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in PAIRS]
@@ -125,9 +135,15 @@ def main() -> None:
         parser.error(f"unknown pair(s) {', '.join(unknown)}; choose from {', '.join(PAIRS)}")
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    results = [bench_pair(PAIRS[name], args.repeat, args.steps, args.warmup) for name in chosen]
+    device = torch.device(args.device)
+    pairs = [PAIRS[name] for name in chosen]
+    if args.full_size:
+        pairs = [replace(p, batch=256, image_size=224 if p.image_size > 32 else 32,
+                         kwargs={k: v for k, v in p.kwargs.items() if k != "img_size"}) for p in pairs]
+    results = [bench_pair(pair, args.repeat, args.steps, args.warmup, device, args.compile) for pair in pairs]
     print(json.dumps({
-        "benchmark": "cvn_training", "threads": threads, "repeat": args.repeat, "steps": args.steps,
+        "benchmark": "cvn_training", "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "compiled": args.compile, "threads": threads, "repeat": args.repeat, "steps": args.steps,
         "kl_weight": KL_WEIGHT, "torch": torch.__version__, "pairs": results,
     }, indent=2))
 

@@ -111,3 +111,48 @@ def test_store_on_s3(world_folder, s3_root):
         assert pq.read_table(handle).num_rows == 16
     again = dissect(config, console=QUIET)
     assert [s["stage"] for s in again.recomputed] == ["PREPARE"]
+
+
+def test_a_killed_job_resumes_with_only_what_is_missing(world_folder, tmp_path):
+    """``python -m jobs.dissect`` is SIGKILLed (with its own local cluster) while RECORD writes parts; the
+    re-run records only the missing shards and ends with the outputs of a run that was never killed."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    raw = tiny_config(world_folder, tmp_path / "killed", concepts=[{"kind": "labels"}],
+                      probe={"source": str(world_folder), "shard_size": 8}, record={"batch_size": 1})
+    path = tmp_path / "dissect.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(raw)
+    job = subprocess.Popen([sys.executable, "-m", "jobs.dissect", "--config", str(path)], start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
+    parts = tmp_path / "killed" / "activations"
+    deadline = time.monotonic() + 240
+    try:
+        while not list(parts.rglob("part-*.parquet")):
+            assert job.poll() is None and time.monotonic() < deadline, "the job ended before RECORD wrote a part"
+            time.sleep(0.05)
+    finally:  # the driver and the cluster it started: every process of its session
+        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getsid(pid) == job.pid:
+                    os.kill(pid, signal.SIGKILL)
+        job.wait(timeout=30)
+    store = Store(str(tmp_path / "killed"))
+    run = load_run(store, config.run_id)
+    acts = store.activations(run["models"]["tiny_cnn"]["checkpoint_id"], run["probe"]["id"], "fc")
+    written = acts.parts()
+    assert 0 < len(written) < 9 and not acts.is_complete()
+
+    resumed = dissect(config, console=QUIET)
+    record = [s for s in resumed.recomputed if s["stage"] == "RECORD"]
+    assert len(record) == 1 and record[0]["shards"] == 9 - len(written)
+    clean = dissect(load_config({**raw, "store": str(tmp_path / "clean")}), console=QUIET)
+    assert clean.run_id == resumed.run_id
+    assert snapshot(tmp_path / "killed") == snapshot(tmp_path / "clean")

@@ -19,6 +19,11 @@ def test_example_configs_validate(monkeypatch, tmp_path):
     real = load_config(REPO / "jobs/configs/imagenet_vit_b16.yaml")
     assert real.concepts[0].model == "ViT-B-16" and real.store.startswith("s3://")
     assert cifar.run_id != real.run_id and cifar.submission_id == f"dissect-{cifar.run_id}"
+    with pytest.raises(ConfigError, match="CVN_CHECKPOINT"):  # the trained checkpoint must be named
+        load_config(REPO / "jobs/configs/cifar10_resnet20_cvn2.yaml")
+    monkeypatch.setenv("CVN_CHECKPOINT", str(tmp_path / "epoch_0003/model.safetensors"))
+    cvn = load_config(REPO / "jobs/configs/cifar10_resnet20_cvn2.yaml")
+    assert cvn.models[0].name == "cifar_resnet20_cvn2" and cvn.record.competition == "sample"
 
 
 def test_run_id_ignores_where_and_how_wide():
