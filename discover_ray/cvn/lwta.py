@@ -33,6 +33,7 @@ __all__ = [
     "FALLBACKS",
     "lwta_modules",
     "seed_sampling",
+    "seed_examples",
     "set_deterministic",
     "set_kl_tracking",
     "collect_kl",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 EPS = 1e-8  # inside the Gumbel logs (and the logistic noise's clamp), as in the paper's DeiT code
+Noise = torch.Generator | list[torch.Generator] | None  # one generator, one per example, or the global RNG
 FALLBACKS = {
     "relu": F.relu,
     "gelu": F.gelu,
@@ -88,6 +90,8 @@ class LWTA(nn.Module):
         self.track_stats = False
         self._seed: int | None = None
         self._generator: torch.Generator | None = None
+        self._example_seeds: list[int] | None = None
+        self._example_generators: list[torch.Generator] | None = None
         self.reset_kl()
         self.reset_stats()
 
@@ -162,7 +166,17 @@ class LWTA(nn.Module):
         self._seed = None if seed is None else int(seed)
         self._generator = None
 
-    def _rng(self, device: torch.device) -> torch.Generator | None:
+    def reseed_examples(self, seeds: list[int] | None) -> None:
+        """One generator per example of the next batches (its first axis), seeded with ``seeds[i]``;
+        ``None`` returns to ``reseed``'s generator or the global RNG."""
+        self._example_seeds = None if seeds is None else [int(s) for s in seeds]
+        self._example_generators = None
+
+    def _rng(self, device: torch.device) -> Noise:
+        if self._example_seeds is not None:
+            if self._example_generators is None or self._example_generators[0].device != device:
+                self._example_generators = [torch.Generator(device=device).manual_seed(s) for s in self._example_seeds]
+            return self._example_generators
         if self._seed is None:
             return None
         if self._generator is None or self._generator.device != device:
@@ -175,6 +189,7 @@ class LWTA(nn.Module):
         # The accumulated KL belongs to the original's autograd graph (and cannot be deep-copied): not copied.
         state = self.__dict__.copy()
         state["_generator"] = None
+        state["_example_generators"] = None
         state["_kl"] = None
         return state
 
@@ -266,26 +281,39 @@ def _argmax_mask(blocks: Tensor, axis: int) -> Tensor:
 # -- noise ---------------------------------------------------------------------------------------
 # Always at least float32, whatever the input dtype: in fp16 the ε would vanish and the noise round badly.
 # With u in [0, 1) and ε = 1e-8 every log stays finite, so there is never a NaN/Inf to resample.
-def _gumbel_scores(blocks: Tensor, generator: torch.Generator | None) -> Tensor:
+def _uniform(shape: torch.Size, generator: Noise, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """U[0, 1) noise of ``shape``: from one generator (or the global RNG), or one generator per example
+    (the first axis), so that an example's noise does not depend on the batch it is in."""
+    if not isinstance(generator, list):
+        return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} per-example seeds for a batch of {shape[0]}; seed every example of the batch")
+    out = torch.empty(shape, device=device, dtype=dtype)
+    for row, rng in zip(out, generator, strict=True):
+        row.uniform_(generator=rng)
+    return out
+
+
+def _gumbel_scores(blocks: Tensor, generator: Noise) -> Tensor:
     """x + g with g = −log(−log(u + ε) + ε), u ~ Uniform[0, 1), in the working dtype; one fresh tensor."""
-    u = torch.rand(blocks.shape, generator=generator, device=blocks.device, dtype=_work_dtype(blocks))
+    u = _uniform(blocks.shape, generator, blocks.device, _work_dtype(blocks))
     exponential = u.add_(EPS).log_().neg_().add_(EPS)  # −log(u + ε) + ε
     return torch.sub(blocks, exponential.log_(), out=exponential)
 
 
-def _logistic_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
+def _logistic_noise(like: Tensor, generator: Noise) -> Tensor:
     """L = log(u / (1 − u)) ~ Logistic(0, 1), u ~ Uniform[0, 1) clamped to [ε, 1 − ε], shaped like ``like``.
 
     The difference g0 − g1 of two independent Gumbel(0, 1) variables is Logistic(0, 1): one L per pair of
     competitors has the distribution of the two Gumbels of the general form, from half the random numbers.
     The clamp keeps L finite (|L| ≤ 18.5) and, like the ε of the Gumbel form, only touches its 1e-8 tails.
     """
-    u = torch.rand(like.shape, generator=generator, device=like.device, dtype=_work_dtype(like))
+    u = _uniform(like.shape, generator, like.device, _work_dtype(like))
     return u.logit_(EPS)
 
 
 def _pair_sample(
-    blocks: Tensor, axis: int, tau: float, generator: torch.Generator | None
+    blocks: Tensor, axis: int, tau: float, generator: Noise
 ) -> tuple[Tensor, Tensor, Tensor]:
     """d = x0 − x1 and z = (d + L)/τ (fresh, in the working dtype) and the mask ξ (``_pair_mask`` of z).
 
@@ -486,6 +514,13 @@ def seed_sampling(model: nn.Module, seed: int | None) -> None:
     """
     for index, (_, module) in enumerate(lwta_modules(model)):
         module.reseed(None if seed is None else _derive_seed(seed, index))
+
+
+def seed_examples(model: nn.Module, seeds: list[int] | None) -> None:
+    """Per-example noise: example ``i`` of the next batches draws from generators seeded from
+    (``seeds[i]``, module index), whatever batch it is in. ``None`` undoes it."""
+    for index, (_, module) in enumerate(lwta_modules(model)):
+        module.reseed_examples(None if seeds is None else [_derive_seed(s, index) for s in seeds])
 
 
 def _derive_seed(seed: int, index: int) -> int:

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from discover_ray.concepts import ConceptSet, load_concepts
 from discover_ray.config import ClipConcepts, DissectConfig, LabelConcepts, ModelConfig
+from discover_ray.cvn import lwta_modules
 from discover_ray.cvn.blocks import competition_blocks
 from discover_ray.encoders.clip import check_clip
 from discover_ray.encoders.labels import label_concept_scores
@@ -150,6 +151,12 @@ class _Job:
         )
         block_sizes = competition_blocks(loaded.model, modules, self._example(loaded.preprocess))
         self.record.data["models"][model.label] = {"checkpoint_id": checkpoint_id, "spec": model.model_dump(mode="json")}
+        competing = lwta_modules(loaded.model)
+        if competing:  # how the stochastic layers were recorded: one pass per image, seeded from (seed, image_id)
+            self.record.data["models"][model.label]["competition"] = {
+                "mode": self.config.record.competition, "passes": 1, "seed": self.config.seed,
+                "layers": {name: {"competitors": m.competitors, "tau": m.tau} for name, m in competing},
+            }
         self.record.save()
         return _Model(model, checkpoint_id, loaded.preprocess, block_sizes)
 

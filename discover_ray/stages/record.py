@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
-from discover_ray.cvn import lwta_modules, seed_sampling, set_deterministic
+from discover_ray.cvn import lwta_modules, seed_examples, set_deterministic
 from discover_ray.models import ModelSpec, load_model
 from discover_ray.record import ConvPool, TokenPool, record_activations
+
+
+def image_seed(seed: int, image_id: str) -> int:
+    """The LWTA sampling seed of one probe image in a run (architecture: seeded per image)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{image_id}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
 def seeded_load(spec: ModelSpec, seed: int):
@@ -38,8 +45,9 @@ class ActivationRecorder:
             return out
         # batches may be read-only object-store views: copy before handing them to torch
         x = torch.from_numpy(np.array(pixels, copy=True)).to(self.device, non_blocking=True)
-        if self.competing:  # the LWTA noise of a chunk depends on the chunk alone, not on the actor or the order
-            seed_sampling(self.model, self.seed * 1_000_003 + int(batch["shard"][0]) * 100_003 + int(batch["chunk"][0]))
+        if self.competing:  # an image's LWTA noise depends on (seed, image_id) alone: not on its batch or actor
+            ids = str(batch["image_ids"][0]).split("\n")
+            seed_examples(self.model, [image_seed(self.seed, image_id) for image_id in ids])
         acts = record_activations(self.model, self.layers, [x], self.conv_pool, self.token_pool)
         for i, layer in enumerate(self.layers):
             out[f"layer{i}"] = acts[layer].numpy()[None]

@@ -107,6 +107,9 @@ def test_a_trained_cvn_dissects_with_columns_per_block(first_epoch, world_folder
     store = Store(str(tmp_path / "runs"))
     run = load_run(store, result.run_id)
     checkpoint, probe = run["models"]["tiny_cnn_cvn2"]["checkpoint_id"], run["probe"]["id"]
+    competition = run["models"]["tiny_cnn_cvn2"]["competition"]
+    assert competition["mode"] == "sample" and competition["passes"] == 1
+    assert competition["layers"]["relu2"] == {"competitors": 2, "tau": 0.67}
     tables = {layer: store.activations(checkpoint, probe, layer).read() for layer in ("relu2", "pool2", "fc")}
     relu2 = tables["relu2"]
     assert relu2.column_names[1:5] == ["b0000_u00", "b0000_u01", "b0001_u00", "b0001_u01"]
