@@ -18,6 +18,7 @@ import numpy as np
 import ray
 import torch
 
+from discover_ray.config import ProbeConfig
 from discover_ray.probe import ProbeError, ProbeSet, decode_images, preprocess_batch
 from discover_ray.stages.cluster import Resources
 
@@ -71,6 +72,38 @@ def plan_pool(
     return Pool(n, cpus, 0.0, read_cpus, n_readers, threads or max(1, int(resources.cpus) // n))
 
 
+@dataclass(frozen=True)
+class ProbeHandle:
+    """What the actors need to open the probe set themselves: its config, not its image list.
+
+    A probe set of a million images pickles to tens of megabytes; shipped as actor constructor
+    arguments it would sit in the object store, which Ray warns breaks actor restarts (ray#53727).
+    The opened set is checked against the driver's, so a source that changed under a run fails clearly.
+    """
+
+    config: ProbeConfig
+    size: int
+    first: str
+    last: str
+
+    @classmethod
+    def of(cls, config: ProbeConfig, probe: ProbeSet) -> ProbeHandle:
+        return cls(config, len(probe), probe.images[0].image_id, probe.images[-1].image_id)
+
+    def open(self) -> ProbeSet:
+        probe = self.config.open()
+        if (len(probe), probe.images[0].image_id, probe.images[-1].image_id) != (self.size, self.first, self.last):
+            raise ProbeError(
+                f"the probe set {self.config.source!r} changed during the run ({len(probe)} images, the run started "
+                f"with {self.size}); re-run the dissection"
+            )
+        return probe
+
+
+def _opened(probe: ProbeSet | ProbeHandle) -> ProbeSet:
+    return probe.open() if isinstance(probe, ProbeHandle) else probe
+
+
 def chunk_rows(probe: ProbeSet, shard_size: int, shards: list[int], batch_size: int) -> list[dict[str, int]]:
     rows = []
     for shard in shards:
@@ -88,9 +121,9 @@ class ChunkDecoder:
     once, and no fresh worker process pays for importing torch per task.
     """
 
-    def __init__(self, probe: ProbeSet, preprocess: Callable[[Any], torch.Tensor]):
+    def __init__(self, probe: ProbeSet | ProbeHandle, preprocess: Callable[[Any], torch.Tensor]):
         torch.set_num_threads(1)
-        self.probe, self.preprocess = probe, preprocess
+        self.probe, self.preprocess = _opened(probe), preprocess
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return decode_chunk(batch, self.probe, self.preprocess)
@@ -107,8 +140,10 @@ class DecodeThen:
 
     CONCURRENT_CALLS = 2
 
-    def __init__(self, probe: ProbeSet, preprocess: Callable[[Any], torch.Tensor], actor: type, actor_kwargs: dict[str, Any]):
-        self.probe, self.preprocess = probe, preprocess
+    def __init__(
+        self, probe: ProbeSet | ProbeHandle, preprocess: Callable[[Any], torch.Tensor], actor: type, actor_kwargs: dict[str, Any]
+    ):
+        self.probe, self.preprocess = _opened(probe), preprocess
         self.inner = actor(**actor_kwargs)
         self.forward_lock = threading.Lock()
 
@@ -147,13 +182,16 @@ def run_chunks(
     pool: Pool,
     failure_budget: float,
     on_images: Callable[[int], None] | None = None,
+    opener: ProbeConfig | None = None,
 ) -> Iterator[ShardOutput]:
     """Run ``actor`` over the chunks of ``shards``; yields each shard once all its chunks are back.
 
     ``actor(**actor_kwargs)(batch)`` receives one decoded chunk and returns its outputs as arrays whose
     first axis runs over the chunk's decoded images. More unreadable images than ``failure_budget`` of
-    the whole probe set stops the stage with a ``ProbeError`` (shards already written stay).
+    the whole probe set stops the stage with a ``ProbeError`` (shards already written stay). With
+    ``opener`` (the config ``probe`` was opened from) the actors open the probe set themselves.
     """
+    shipped = ProbeHandle.of(opener, probe) if opener is not None else probe
     rows = chunk_rows(probe, shard_size, shards, batch_size)
     if not rows:
         return
@@ -165,7 +203,7 @@ def run_chunks(
     if pool.readers:
         dataset = dataset.map_batches(
             ChunkDecoder,
-            fn_constructor_kwargs={"probe": probe, "preprocess": preprocess},
+            fn_constructor_kwargs={"probe": shipped, "preprocess": preprocess},
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool.readers),
             num_cpus=pool.read_cpus,
@@ -173,7 +211,7 @@ def run_chunks(
         actor_class, constructor, concurrency = actor, inner, {}
     else:
         actor_class = DecodeThen
-        constructor = {"probe": probe, "preprocess": preprocess, "actor": actor, "actor_kwargs": inner}
+        constructor = {"probe": shipped, "preprocess": preprocess, "actor": actor, "actor_kwargs": inner}
         concurrency = {"max_concurrent_calls_per_actor": DecodeThen.CONCURRENT_CALLS, "enable_true_multi_threading": True}
     dataset = dataset.map_batches(
         actor_class,

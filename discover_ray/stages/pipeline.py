@@ -181,7 +181,7 @@ class _Job:
             with self._progress(f"EMBED {spec.describe()}", todo) as advance:
                 for shard in run_chunks(
                     self.probe, c.probe.shard_size, todo, source.config.batch_size, clip_preprocess(spec),
-                    ImageEmbedder, {"spec": spec}, self.pool, c.probe.failure_budget, advance,
+                    ImageEmbedder, {"spec": spec}, self.pool, c.probe.failure_budget, advance, opener=c.probe,
                 ):
                     emb = shard.outputs.get("embedding", np.zeros((0, 1), np.float32))
                     table = pa.table({
@@ -232,7 +232,7 @@ class _Job:
                 self.probe, c.probe.shard_size, todo, c.record.batch_size, model.preprocess, ActivationRecorder,
                 {"spec": model.config.spec(), "layers": pending, "conv_pool": c.record.conv_pool,
                  "token_pool": c.record.token_pool, "seed": c.seed, "competition": c.record.competition},
-                self.pool, c.probe.failure_budget, clock.wrap(advance),
+                self.pool, c.probe.failure_budget, clock.wrap(advance), opener=c.probe,
             ):
                 for i, layer in enumerate(pending):
                     acts = shard.outputs.get(f"layer{i}", np.zeros((0, 0), np.float32))
