@@ -221,5 +221,80 @@ def train(
     raise typer.Exit(run_train(config, address, storage_path, epochs))
 
 
+@app.command("explain-image")
+def explain_image_command(
+    run: Annotated[str, typer.Argument(help="Run id (printed by `discover dissect`).")],
+    image: Annotated[str, typer.Option(help="The probe image's image_id.")],
+    layer: Annotated[str, typer.Option(help="Layer name, as in the config.")],
+    store: Annotated[str, typer.Option(help="Output root the run was written to.")] = "./discover-runs",
+    method: Annotated[Optional[str], typer.Option(help="Labels of this method (default: the first).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Only this model (its alias or name).")] = None,
+) -> None:
+    """An image's active neurons in a layer (each block's winner in LWTA layers), with their concepts."""
+    from discover_ray.analyze import explain_image
+
+    try:
+        result = explain_image(store, run, image, layer, method=method, model=model)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err.args[0] if isinstance(err, KeyError) else err}", highlight=False)
+        raise typer.Exit(2) from None
+    view = Table(title=f"{image}: {result.model} / {layer} ({result.method})")
+    for name in ("unit", "activation", "concept", "score"):
+        view.add_column(name, justify="left" if name in ("unit", "concept") else "right")
+    for row in result.table.to_pylist():
+        view.add_row(row["unit"], f"{row['activation']:.4f}", row["concept"] or "–",
+                     f"{row['score']:.4f}" if row["score"] is not None else "–")
+    console.print(view)
+    blocks = f", one per block of {result.block_size}" if result.block_size > 1 else ""
+    console.print(f"{result.count} of {result.units} units active ({result.fraction:.2%}{blocks})")
+
+
+@app.command()
+def sparsity(
+    run: Annotated[str, typer.Argument(help="Run id (printed by `discover dissect`).")],
+    store: Annotated[str, typer.Option(help="Output root the run was written to.")] = "./discover-runs",
+) -> None:
+    """Per layer, the mean ± std over the probe set of the fraction of active units (|a| > 1e-4)."""
+    from discover_ray.analyze import layer_sparsity
+
+    try:
+        rows = layer_sparsity(store, run)
+    except FileNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    view = Table(title=f"run {run}: active fraction per example")
+    for name in ("model", "layer", "U", "units", "mean ± std"):
+        view.add_column(name)
+    for model, layer, block, stats in rows:
+        view.add_row(model, layer, str(block), str(stats.units), f"{stats.mean:.4f} ± {stats.std:.4f}")
+    console.print(view)
+
+
+@app.command()
+def compare(
+    run_a: Annotated[str, typer.Argument(help="First run id.")],
+    run_b: Annotated[str, typer.Argument(help="Second run id (the same architecture at another checkpoint).")],
+    store: Annotated[str, typer.Option(help="Output root both runs were written to.")] = "./discover-runs",
+    method: Annotated[Optional[str], typer.Option(help="Only this method.")] = None,
+    show: Annotated[int, typer.Option(help="Most-changed units to list per layer.")] = 5,
+) -> None:
+    """Label stability per layer between two checkpoints, and the units whose concept changed most."""
+    from discover_ray.analyze import compare_runs
+
+    try:
+        layers = compare_runs(store, run_a, run_b, method=method)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err.args[0] if isinstance(err, KeyError) else err}", highlight=False)
+        raise typer.Exit(2) from None
+    view = Table(title=f"label stability {run_a} → {run_b}")
+    for name in ("model", "layer", "method", "source", "stable", "most changed"):
+        view.add_column(name)
+    for c in layers:
+        moved = [r for r in c.changes.to_pylist() if r["concept_a"] != r["concept_b"]][:show]
+        view.add_row(c.model, c.layer, c.method, c.source, f"{c.stable}/{c.units} ({c.stability:.0%})",
+                     "; ".join(f"{r['unit']}: {r['concept_a']} → {r['concept_b']}" for r in moved) or "–")
+    console.print(view)
+
+
 if __name__ == "__main__":
     app()
