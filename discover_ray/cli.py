@@ -88,11 +88,19 @@ def concepts(
         console.print(f"  {text}")
 
 
+# Bad input the jobs report as one line (config, probe-set and checkpoint errors are ValueErrors).
+USER_ERRORS = (KeyError, ValueError, FileNotFoundError, RuntimeError)
+
+
+def _print_error(err: Exception) -> int:
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    return 2
+
+
 def run_dissect(config_path: str, address: str | None = None, store: str | None = None) -> int:
     """Load, run, and report a dissection; bad input prints one clear error line and returns 2."""
-    from discover_ray.config import ConfigError, load_config
-    from discover_ray.models import CheckpointMismatch
-    from discover_ray.probe import ProbeError
+    from discover_ray.config import load_config
 
     try:
         config = load_config(config_path, store=store)
@@ -101,10 +109,8 @@ def run_dissect(config_path: str, address: str | None = None, store: str | None 
         from discover_ray.stages.pipeline import dissect as run
 
         result = run(config, console=console)
-    except (ConfigError, ProbeError, CheckpointMismatch, KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-        return 2
+    except USER_ERRORS as err:
+        return _print_error(err)
     ran = ", ".join(f"{s['stage']} {s['seconds']:.1f} s" for s in result.recomputed if s["stage"] != "PREPARE")
     console.print(f"run {result.run_id} done in {result.store}: {ran or 'nothing to recompute, all stages were done'}")
     layers = sorted({e.layer for e in result.labels})
@@ -178,9 +184,6 @@ def labels(
 
 def run_train(config_path: str, address: str | None = None, storage_path: str | None = None, epochs: int | None = None) -> int:
     """Load, train (or resume), and report a training run; bad input prints one clear error line and returns 2."""
-    from discover_ray.config import ConfigError
-    from discover_ray.models import CheckpointMismatch
-    from discover_ray.probe import ProbeError
     from discover_ray.train.config import load_train_config
 
     try:
@@ -190,10 +193,8 @@ def run_train(config_path: str, address: str | None = None, storage_path: str | 
         from discover_ray.train import train as run
 
         result = run(config, console=console)
-    except (ConfigError, ProbeError, CheckpointMismatch, KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-        return 2
+    except USER_ERRORS as err:
+        return _print_error(err)
     view = Table(title=f"{result.name}: {config.model.name}")
     for column in ("epoch", "loss", "ce", "kl", "train top-1", "val top-1", "active fraction", "img/s"):
         view.add_column(column, justify="right")

@@ -45,8 +45,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
         if console:
             console.print(f"{config.run_name}: {before[-1]['epoch'] + 1} epochs are done, nothing to train")
         return TrainResult(config.run_name, run_path, f"{run_path}/{checkpoint_name(before[-1]['epoch'])}", before, [])
-    if config.scaling.num_workers > 0:
-        connect(RayConfig(address=config.scaling.address, num_cpus=config.scaling.num_cpus, progress=False))
+    connect(RayConfig(address=config.scaling.address, num_cpus=config.scaling.num_cpus, progress=False))
     resources: dict[str, float] = {"CPU": config.scaling.cpus_per_worker}
     if config.scaling.use_gpu:
         resources["GPU"] = 1
@@ -72,7 +71,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
         console.print(f"training {config.run_name} ({config.model.name}, {config.epochs} epochs){done} → {run_path}")
     result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint else None
-    if checkpoint and "://" not in checkpoint and not checkpoint.startswith("/"):
+    if checkpoint and "://" not in checkpoint and not checkpoint.startswith("/"):  # a bucket path without its scheme
         checkpoint = f"{run_path}/{checkpoint.rsplit('/', 1)[-1]}"
     history = _history(run_path)
     trained = [h["epoch"] for h in history if not before or h["epoch"] > before[-1]["epoch"]]
