@@ -11,12 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from discover_ray.concepts import ConceptSet
 
-__all__ = ["NeuronIdentification", "TextEncoder", "concept_ranks", "neuron_identification", "paired_text_cosine"]
+__all__ = [
+    "NeuronIdentification", "TextEncoder", "concept_ranks", "neuron_identification", "paired_embedding_cosine",
+    "paired_text_cosine",
+]
 
 
 class TextEncoder(Protocol):
@@ -98,3 +102,12 @@ def paired_text_cosine(predicted: Sequence[str], truth: Sequence[str], encoder: 
     a = torch.nn.functional.normalize(encoder.encode_text(list(predicted)).double(), dim=1)
     b = torch.nn.functional.normalize(encoder.encode_text(list(truth)).double(), dim=1)
     return float((a * b).sum(dim=1).mean())
+
+
+def paired_embedding_cosine(concept_emb: np.ndarray, predicted: Sequence[int], truth: Sequence[int]) -> float:
+    """``paired_text_cosine`` when both descriptions are concepts of one embedded set: the mean over units
+    of cos(emb[predicted_i], emb[truth_i]), in the concept encoder's own text space, matched pairs only."""
+    if len(predicted) != len(truth) or not len(predicted):
+        raise ValueError(f"{len(predicted)} predictions for {len(truth)} true concepts")
+    emb = concept_emb / np.linalg.norm(concept_emb, axis=1, keepdims=True).clip(1e-12)
+    return float((emb[np.asarray(predicted, dtype=np.int64)] * emb[np.asarray(truth, dtype=np.int64)]).sum(axis=1).mean())

@@ -27,7 +27,7 @@ from discover_ray.cvn import lwta_modules
 from discover_ray.cvn.blocks import competition_blocks
 from discover_ray.encoders.clip import check_clip
 from discover_ray.encoders.labels import label_concept_scores
-from discover_ray.evaluate import NeuronIdentification
+from discover_ray.evaluate import NeuronIdentification, paired_embedding_cosine
 from discover_ray.ids import content_id
 from discover_ray.probe import ProbeError, decode_images
 from discover_ray.record import resolve_layers, unit_names
@@ -283,6 +283,8 @@ class _Job:
             for method, (dataset, key) in targets.items():
                 values, index = results[method]
                 ident = NeuronIdentification(torch.from_numpy(np.array(ranks[method]))).as_dict() if method in ranks else None
+                if ident is not None and concept_source.concept_emb is not None and truth is not None:
+                    ident["text_cosine"] = paired_embedding_cosine(concept_source.concept_emb, index[:, 0], truth)
                 dataset.begin(key)
                 dataset.write_part(0, _label_table(values, index, source.concepts, block))
                 dataset.commit(key, values.size, identification=ident, images=len(a))
@@ -320,7 +322,7 @@ class _Job:
         self.console.print(
             f"neuron identification {model.config.label}/{layer} ({method}, {source.name}): "
             f"top-1 {ident['top1']:.0%}, top-5 {ident['top5']:.0%}, mean rank {ident['mean_rank']:.2f} "
-            f"over {ident['units']} units"
+            f"over {ident['units']} units" + (f", text cosine {ident['text_cosine']:.3f}" if "text_cosine" in ident else "")
         )
 
     # -- plumbing --------------------------------------------------------------------------------

@@ -77,3 +77,30 @@ def test_comparing_two_checkpoints_gives_label_stability_per_layer(two_runs):
     assert printed.exit_code == 0 and "768" in text and "head" in text and "→" in text
     printed = runner.invoke(app, ["sparsity", run_a, "--store", str(root)])
     assert printed.exit_code == 0 and "0.0625 ± 0.0000" in " ".join(printed.output.split())
+
+
+def test_final_layer_evaluation_records_the_paired_text_cosine(world_folder, tmp_path):
+    """A classifier dissected with a CLIP concept set that holds the class names: identification and the
+    paired cosine between each unit's top concept and its class, in the encoder's text space."""
+    import numpy as np
+
+    from discover_ray.evaluate import paired_embedding_cosine
+    from discover_ray.runs import load_run, read_labels
+    from discover_ray.store import Store
+
+    concepts = tmp_path / "classes.txt"
+    concepts.write_text("\n".join(world.class_names()) + "\n")
+    raw = tiny_config(world_folder, tmp_path / "runs",
+                      concepts=[{"kind": "clip", "model": "TinyCLIP-ViT-32", "concepts": str(concepts), "batch_size": 16}])
+    raw["models"][0]["layers"] = ["fc"]
+    result = dissect(load_config(raw), console=QUIET)
+    store = Store(str(tmp_path / "runs"))
+    (ident,) = [i for i in load_run(store, result.run_id)["identification"] if i["method"] == "cos"]
+    (entry, labels), = read_labels(store, result.run_id, "fc", method="cos")
+    texts = store.concept_embeddings(entry.encoder_id, entry.concept_set_id).read()
+    emb = np.stack(texts["embedding"].to_numpy(zero_copy_only=False))
+    names = texts["concept"].to_pylist()
+    truth = [names.index(name) for name in load_config(raw).probe.open().classes]  # unit i is the probe's class i
+    top = labels.filter(labels["rank"].to_numpy() == 0).sort_by("unit")
+    expected = paired_embedding_cosine(emb, top["concept_index"].to_numpy(), truth)
+    assert ident["units"] == 9 and ident["text_cosine"] == pytest.approx(expected, rel=1e-6)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from discover_ray.evaluate import concept_ranks, neuron_identification, paired_text_cosine
+from discover_ray.evaluate import concept_ranks, neuron_identification, paired_embedding_cosine, paired_text_cosine
 
 
 def test_identification_accuracy_and_ranks():
@@ -63,6 +63,15 @@ def test_paired_cosine_uses_matched_pairs_only():
     assert swapped == pytest.approx(0.0)
     with pytest.raises(ValueError, match="2 predictions but 1"):
         paired_text_cosine(["a", "b"], ["a"], encoder)
+
+
+def test_paired_cosine_over_one_embedded_concept_set():
+    emb = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]).numpy()
+    assert paired_embedding_cosine(emb, [0, 1], [0, 1]) == pytest.approx(1.0)
+    assert paired_embedding_cosine(emb, [1, 0], [0, 1]) == pytest.approx(0.0)  # swapped pairs: 0, not the all-pairs mean
+    assert paired_embedding_cosine(emb, [2], [0]) == pytest.approx(2**-0.5)
+    with pytest.raises(ValueError, match="2 predictions for 1"):
+        paired_embedding_cosine(emb, [0, 1], [0])
 
 
 def test_paired_cosine_with_the_clip_text_tower():
