@@ -116,3 +116,29 @@ def test_a_trained_cvn_dissects_with_columns_per_block(first_epoch, world_folder
     assert relu2.schema.metadata[b"discover.block_size"] == b"2"
     # a max-pool of an LWTA map is no longer a competition output; the classifier never was
     assert tables["pool2"].column_names[1] == "u00000" and tables["fc"].column_names[1] == "u00000"
+
+
+def test_checkpoints_on_s3(world_folder, s3_root):
+    result = train(train_config(world_folder, f"{s3_root}/train", name="tiny-cvn-s3"), console=QUIET)
+    assert result.trained_epochs == [0]
+    assert result.model_file == f"{s3_root}/train/tiny-cvn-s3/epoch_0000/model.safetensors"
+    import fsspec
+
+    with fsspec.open(result.model_file, "rb") as handle:
+        assert len(handle.read()) > 0
+    again = train(train_config(world_folder, f"{s3_root}/train", name="tiny-cvn-s3"), console=QUIET)
+    assert again.trained_epochs == [] and again.history == result.history
+
+
+def test_a_worker_failure_resumes_from_the_last_checkpoint(world_folder, tmp_path):
+    """The worker dies in epoch 1 (forward 18: epoch 0 is 1 check + 3 steps + 3 × 4 evaluation passes);
+    FailureConfig restarts it, and it goes on from the epoch 0 checkpoint."""
+    flag = tmp_path / "crashed"
+    model = {**TINY_CVN, "builder": "tests.ray_local.flaky:tiny_cnn_crashing_once",
+             "kwargs": {**TINY_CVN["kwargs"], "flag": str(flag), "crash_at": 18}}
+    config = train_config(world_folder, tmp_path / "ckpt", name="tiny-cvn-crash", model=model, epochs=2,
+                          scaling={"num_workers": 1, "cpus_per_worker": 0.5, "max_failures": 1})
+    result = train(config, console=QUIET)
+    assert flag.exists() and result.trained_epochs == [0, 1] and [h["epoch"] for h in result.history] == [0, 1]
+    epoch0 = tmp_path / "ckpt" / "tiny-cvn-crash" / "epoch_0000" / "metrics.json"
+    assert epoch0.stat().st_mtime <= flag.stat().st_mtime  # the crash came after epoch 0 was checkpointed
