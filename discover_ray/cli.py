@@ -297,5 +297,38 @@ def compare(
     console.print(view)
 
 
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="Run id (printed by `discover dissect`).")],
+    store: Annotated[str, typer.Option(help="Output root the run was written to.")] = "./discover-runs",
+    out: Annotated[
+        Optional[str], typer.Option(help="Report folder (default: runs/RUN/report in a local store, else ./discover-reports/RUN).")
+    ] = None,
+    method: Annotated[Optional[str], typer.Option(help="Labels shown on the cards (default: soft_wpmi if present).")] = None,
+    examples: Annotated[int, typer.Option(help="Example pages, spread evenly over the probe set.")] = 12,
+    image: Annotated[
+        Optional[list[str]], typer.Option(help="An image_id to give an example page (repeatable; replaces --examples).")
+    ] = None,
+    top_images: Annotated[int, typer.Option(help="Most-activating probe images per neuron card.")] = 8,
+    twin: Annotated[
+        Optional[str], typer.Option(help="A twin run over the same probe set (e.g. the non-competitive twin of a CVN).")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report of a run: neuron cards per layer, example pages, plots, summary."""
+    from discover_ray.report import build_report
+
+    try:
+        result = build_report(store, run, out=out, method=method, examples=image or examples,
+                              top_images=top_images, twin=twin)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err.args[0] if isinstance(err, KeyError) else err}", highlight=False)
+        raise typer.Exit(2) from None
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    console.print(f"{len(result.layers)} layer pages, {len(result.examples)} example pages, "
+                  f"{result.thumbnails} thumbnails" + (", side by side with the twin run" if result.twin else ""))
+    console.print(f"report: {result.index.resolve()}", highlight=False)
+
+
 if __name__ == "__main__":
     app()

@@ -17,7 +17,10 @@ from discover_ray.evaluate.sparsity import EPS, Sparsity, sparsity
 from discover_ray.runs import load_run, read_labels
 from discover_ray.store import Store
 
-__all__ = ["ActiveNeurons", "active_units", "explain_image", "layer_sparsity"]
+__all__ = [
+    "ActiveNeurons", "LayerActivations", "active_table", "active_units", "explain_image", "layer_sparsity",
+    "read_activations", "top_labels",
+]
 
 
 def active_units(activations: np.ndarray, block_size: int = 1, eps: float = EPS) -> np.ndarray:
@@ -52,6 +55,64 @@ class ActiveNeurons:
         return self.count / self.units if self.units else 0.0
 
 
+@dataclass
+class LayerActivations:
+    """A recorded layer of one model over the whole probe set: one row per image, one column per unit."""
+
+    model: str
+    layer: str
+    checkpoint_id: str
+    block_size: int
+    image_ids: list[str]
+    units: list[str]
+    values: np.ndarray  # [images, units], float32
+
+    def row(self, image_id: str) -> np.ndarray:
+        try:
+            return self.values[self.image_ids.index(image_id)]
+        except ValueError:
+            raise KeyError(
+                f"image {image_id!r} is not in the probe set of this run (ids look like {self.image_ids[:3]})"
+            ) from None
+
+
+def read_activations(store: Store, run: dict, model: str, layer: str) -> LayerActivations | None:
+    """The recorded activations of ``layer`` of ``model`` (a run's model label); None if never committed."""
+    checkpoint_id = run["models"][model]["checkpoint_id"]
+    dataset = store.activations(checkpoint_id, run["probe"]["id"], layer)
+    marker = dataset.marker()
+    if marker is None:
+        return None
+    table = dataset.read()
+    units = table.column_names[1:]
+    values = np.stack([table[name].to_numpy() for name in units], axis=1).astype(np.float32, copy=False)
+    return LayerActivations(model, layer, checkpoint_id, int(marker.get("block_size", 1)),
+                            table["image_id"].to_pylist(), units, values)
+
+
+def top_labels(labels: pa.Table) -> dict[str, tuple[str, float]]:
+    """Each unit's rank-0 concept and score."""
+    top = labels.filter(pc.equal(labels["rank"], 0))
+    return dict(zip(top["unit"].to_pylist(), zip(top["concept"].to_pylist(), top["score"].to_pylist(), strict=True),
+                    strict=True))
+
+
+def active_table(values: np.ndarray, units: list[str], block: int, labels: dict[str, tuple[str, float]],
+                 eps: float = EPS) -> pa.Table:
+    """One example's active units, most active first, each with its concept and score."""
+    active = active_units(values, block, eps)
+    order = active[np.argsort(-values[active], kind="stable")]
+    names = [units[i] for i in order]
+    return pa.table({
+        "unit": pa.array(names, pa.string()),
+        "block": pa.array([int(i) // block if block > 1 else None for i in order], pa.int32()),
+        "index_in_block": pa.array([int(i) % block if block > 1 else None for i in order], pa.int32()),
+        "activation": pa.array(values[order], pa.float32()),
+        "concept": pa.array([labels.get(u, (None, None))[0] for u in names], pa.string()),
+        "score": pa.array([labels.get(u, (None, None))[1] for u in names], pa.float32()),
+    })
+
+
 def explain_image(
     store: Store | str, run_id: str, image_id: str, layer: str, method: str | None = None,
     model: str | None = None, eps: float = EPS,
@@ -61,30 +122,15 @@ def explain_image(
     (entry, labels), *_ = read_labels(store, run_id, layer, method=method, model=model)
     run = load_run(store, run_id)
     assert run is not None
-    dataset = store.activations(entry.checkpoint_id, run["probe"]["id"], layer)
-    table = dataset.read()
-    rows = table.filter(pc.equal(table["image_id"], image_id))
-    if rows.num_rows == 0:
-        sample = table["image_id"].slice(0, 3).to_pylist()
-        raise KeyError(f"image {image_id!r} is not in the probe set of run {run_id} (ids look like {sample})")
-    names = table.column_names[1:]
-    values = np.array([rows[name][0].as_py() for name in names], dtype=np.float32)
-    block = int(dataset.marker().get("block_size", 1))
-    active = active_units(values, block, eps)
-    top = labels.filter(pc.equal(labels["rank"], 0))
-    concept = dict(zip(top["unit"].to_pylist(), top["concept"].to_pylist(), strict=True))
-    score = dict(zip(top["unit"].to_pylist(), top["score"].to_pylist(), strict=True))
-    order = active[np.argsort(-values[active], kind="stable")]
-    unit_names = [names[i] for i in order]
-    out = pa.table({
-        "unit": pa.array(unit_names, pa.string()),
-        "block": pa.array([int(i) // block if block > 1 else None for i in order], pa.int32()),
-        "index_in_block": pa.array([int(i) % block if block > 1 else None for i in order], pa.int32()),
-        "activation": pa.array(values[order], pa.float32()),
-        "concept": pa.array([concept.get(u) for u in unit_names], pa.string()),
-        "score": pa.array([score.get(u) for u in unit_names], pa.float32()),
-    })
-    return ActiveNeurons(image_id, entry.model, layer, entry.method, block, len(names), out)
+    recorded = read_activations(store, run, entry.model, layer)
+    if recorded is None:
+        raise FileNotFoundError(f"run {run_id} has no committed activations of {entry.model}/{layer}")
+    try:
+        values = recorded.row(image_id)
+    except KeyError as err:
+        raise KeyError(str(err.args[0]).replace("this run", f"run {run_id}")) from None
+    table = active_table(values, recorded.units, recorded.block_size, top_labels(labels), eps)
+    return ActiveNeurons(image_id, entry.model, layer, entry.method, recorded.block_size, len(recorded.units), table)
 
 
 def layer_sparsity(store: Store | str, run_id: str, eps: float = EPS) -> list[tuple[str, str, int, Sparsity]]:
@@ -96,10 +142,7 @@ def layer_sparsity(store: Store | str, run_id: str, eps: float = EPS) -> list[tu
     out = []
     for label, model in run["models"].items():
         for layer in model["spec"]["layers"]:
-            dataset = store.activations(model["checkpoint_id"], run["probe"]["id"], layer)
-            if dataset.marker() is None:
-                continue
-            table = dataset.read()
-            values = np.stack([table[name].to_numpy() for name in table.column_names[1:]], axis=1)
-            out.append((label, layer, int(dataset.marker().get("block_size", 1)), sparsity(values, eps)))
+            recorded = read_activations(store, run, label, layer)
+            if recorded is not None:
+                out.append((label, layer, recorded.block_size, sparsity(recorded.values, eps)))
     return out

@@ -1,10 +1,12 @@
-"""One local Ray cluster per test session, a folder of generated probe images, and a tiny job config."""
+"""One local Ray cluster per test session, a folder of generated probe images, a tiny job config, and tiny DeiT
+CVN dissections shared by the analysis and report tests."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +80,36 @@ def snapshot(root: Path | str) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and "runs" not in p.relative_to(root).parts
     }
+
+
+TINY_DEIT_CVN = {
+    "name": "deit_tiny_cvn16",
+    "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2, "num_classes": len(world.class_names())},
+    "image_size": 32,
+    "layers": ["blocks.1.mlp.act", "head"],
+}
+
+
+@dataclass(frozen=True)
+class DeitRuns:
+    root: Path
+    cvn: str  # deit_tiny_cvn16, seed 0
+    cvn_seed1: str  # the same architecture at another initialisation
+    twin: str  # deit_tiny_patch16_224: the non-competitive twin (GELU), seed 0
+
+
+@pytest.fixture(scope="session")
+def deit_runs(ray_cluster, world_folder, tmp_path_factory) -> DeitRuns:
+    """A tiny DeiT CVN at two initialisations and its GELU twin, dissected with label concepts."""
+    from rich.console import Console
+
+    from discover_ray.config import load_config
+    from discover_ray.stages import dissect
+
+    root = tmp_path_factory.mktemp("deit")
+    twin = {**TINY_DEIT_CVN, "name": "deit_tiny_patch16_224"}
+    runs = []
+    for model, seed in ((TINY_DEIT_CVN, 0), (TINY_DEIT_CVN, 1), (twin, 0)):
+        raw = tiny_config(world_folder, root, models=[model], concepts=[{"kind": "labels"}], seed=seed)
+        runs.append(dissect(load_config(raw), console=Console(quiet=True)).run_id)
+    return DeitRuns(root, *runs)

@@ -11,31 +11,14 @@ from discover_ray.analyze import compare_runs, explain_image, layer_sparsity
 from discover_ray.cli import app
 from discover_ray.config import load_config
 from discover_ray.stages import dissect
-from tests.ray_local.conftest import tiny_config
+from tests.ray_local.conftest import DeitRuns, tiny_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 QUIET = Console(quiet=True)
-TINY_DEIT_CVN = {
-    "name": "deit_tiny_cvn16",
-    "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2, "num_classes": len(world.class_names())},
-    "image_size": 32,
-    "layers": ["blocks.1.mlp.act", "head"],
-}
 
 
-@pytest.fixture(scope="module")
-def two_runs(world_folder, tmp_path_factory):
-    """The same tiny DeiT CVN at two initialisations (seeds), dissected with label concepts."""
-    root = tmp_path_factory.mktemp("analyze")
-    runs = []
-    for seed in (0, 1):
-        raw = tiny_config(world_folder, root, models=[TINY_DEIT_CVN], concepts=[{"kind": "labels"}], seed=seed)
-        runs.append(dissect(load_config(raw), console=QUIET).run_id)
-    return root, runs
-
-
-def test_every_example_of_an_lwta_layer_lists_one_neuron_per_block(two_runs, world_folder):
-    root, (run, _) = two_runs
+def test_every_example_of_an_lwta_layer_lists_one_neuron_per_block(deit_runs: DeitRuns, world_folder):
+    root, run = deit_runs.root, deit_runs.cvn
     images = sorted(str(p.relative_to(world_folder)) for p in world_folder.rglob("*.png"))
     for image_id in images[:5]:
         result = explain_image(root, run, image_id, "blocks.1.mlp.act", method="soft_wpmi")
@@ -52,16 +35,16 @@ def test_every_example_of_an_lwta_layer_lists_one_neuron_per_block(two_runs, wor
     assert printed.exit_code == 0 and "48 of 768 units active" in " ".join(printed.output.split())
 
 
-def test_sparsity_of_an_lwta_layer_is_one_over_u(two_runs):
-    root, (run, _) = two_runs
+def test_sparsity_of_an_lwta_layer_is_one_over_u(deit_runs: DeitRuns):
+    root, run = deit_runs.root, deit_runs.cvn
     stats = {layer: (block, s) for _, layer, block, s in layer_sparsity(root, run)}
     block, lwta = stats["blocks.1.mlp.act"]
     assert block == 16 and lwta.mean == pytest.approx(1 / 16) and lwta.std == pytest.approx(0.0) and lwta.examples == 72
     assert stats["head"][1].mean > 0.9  # a linear classifier's outputs are rarely exactly 0
 
 
-def test_comparing_two_checkpoints_gives_label_stability_per_layer(two_runs):
-    root, (run_a, run_b) = two_runs
+def test_comparing_two_checkpoints_gives_label_stability_per_layer(deit_runs: DeitRuns):
+    root, run_a, run_b = deit_runs.root, deit_runs.cvn, deit_runs.cvn_seed1
     same = compare_runs(root, run_a, run_a, method="soft_wpmi")
     assert {c.layer for c in same} == {"blocks.1.mlp.act", "head"} and all(c.stability == 1.0 for c in same)
     other = {c.layer: c for c in compare_runs(root, run_a, run_b, method="soft_wpmi")}

@@ -1,0 +1,84 @@
+"""Probe images as small PNG files for the report, read back from the probe set a run recorded.
+
+The probe set is opened from the run's resolved config and must still hash to the run's probe id:
+thumbnails of other images than those dissected would mislabel every card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable
+from pathlib import Path
+
+from PIL import Image
+
+from discover_ray.config import ProbeConfig
+from discover_ray.probe import ProbeSet
+
+__all__ = ["ProbeMismatch", "Thumbnails", "open_run_probe"]
+
+MAX_SIDE = 128  # larger images are shrunk; small ones (CIFAR's 32 px) stay as they are and scale in CSS
+
+
+class ProbeMismatch(ValueError):
+    """The probe set named in a run's config no longer holds the images that were dissected."""
+
+
+def open_run_probe(run: dict) -> ProbeSet:
+    """The run's probe set, opened from its recorded config and checked against its recorded id."""
+    config = ProbeConfig.model_validate(run["config"]["probe"])
+    try:
+        probe = config.open()
+    except (OSError, ValueError) as err:
+        raise ProbeMismatch(f"the probe set {config.source!r} of run {run['run_id']} cannot be opened: {err}") from err
+    if probe.id != run["probe"]["id"]:
+        raise ProbeMismatch(
+            f"the probe set {config.source!r} has changed since run {run['run_id']} (id {probe.id}, the run "
+            f"recorded {run['probe']['id']}); restore it or re-run the dissection"
+        )
+    return probe
+
+
+class Thumbnails:
+    """Writes each requested image once, as ``img/<hash>.png`` under the report folder."""
+
+    def __init__(self, probe: ProbeSet, folder: Path):
+        self.probe, self.folder = probe, folder
+        self.index = {im.image_id: im for im in probe.images}
+        self.written: dict[str, str] = {}
+        self.failed: dict[str, str] = {}
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def file_name(image_id: str) -> str:
+        return hashlib.sha1(image_id.encode()).hexdigest()[:16] + ".png"
+
+    def label(self, image_id: str) -> str | None:
+        image = self.index.get(image_id)
+        return image.label_name if image else None
+
+    def ensure(self, image_ids: Iterable[str]) -> None:
+        """Writes the images not written yet; unreadable ones are remembered, not raised."""
+        wanted = [self.index[i] for i in dict.fromkeys(image_ids) if i not in self.written and i not in self.failed]
+        for start in range(0, len(wanted), 256):
+            chunk = wanted[start : start + 256]
+            for image, data in zip(chunk, self.probe.read_bytes(chunk), strict=True):
+                if isinstance(data, Exception):
+                    self.failed[image.image_id] = str(data)
+                    continue
+                try:
+                    with Image.open(io.BytesIO(data)) as opened:
+                        picture = opened.convert("RGB")
+                except (OSError, ValueError) as err:
+                    self.failed[image.image_id] = str(err)
+                    continue
+                picture.thumbnail((MAX_SIDE, MAX_SIDE))
+                name = self.file_name(image.image_id)
+                picture.save(self.folder / name, format="PNG", optimize=False)
+                self.written[image.image_id] = name
+
+    def path(self, image_id: str) -> str | None:
+        """Relative to the report root, or None for an image that could not be read."""
+        name = self.written.get(image_id)
+        return f"img/{name}" if name else None
