@@ -1,4 +1,5 @@
-"""The shared pretrained ResNet-20 on CIFAR-10: soft-WPMI over label concepts names every output unit's class."""
+"""The shared pretrained ResNet-20 on CIFAR-10: soft-WPMI over label concepts names every output unit's class,
+and the run's report renders in Chromium with its thumbnails."""
 
 from __future__ import annotations
 
@@ -6,15 +7,23 @@ import pytest
 from rich.console import Console
 
 from discover_ray.config import load_config
+from discover_ray.report import build_report
 from discover_ray.runs import read_labels
 from discover_ray.stages import dissect
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def test_resnet20_linear_units_are_their_classes(shared, tmp_path):
+@pytest.fixture(scope="module")
+def resnet20_run(tmp_path_factory):
+    from tests.conftest import shared_dir
+
+    shared = shared_dir()
+    if not shared.is_dir():
+        pytest.skip(f"shared data folder {shared} is absent (set DISCOVER_SHARED)")
     config = load_config({
-        "store": str(tmp_path / "runs"),
+        "store": str(tmp_path_factory.mktemp("resnet20") / "runs"),
         "probe": {"source": str(shared / "data/cifar10/test.parquet"), "sample": 2000, "seed": 0, "shard_size": 1000},
         "models": [{
             "name": "cifar_resnet20",
@@ -27,11 +36,36 @@ def test_resnet20_linear_units_are_their_classes(shared, tmp_path):
     })
     console = Console(record=True, width=200)
     result = dissect(config, console=console)
-    printed = console.export_text()
+    return config, result, console.export_text()
+
+
+def test_resnet20_linear_units_are_their_classes(resnet20_run):
+    config, result, printed = resnet20_run
     assert "neuron identification cifar_resnet20/linear (soft_wpmi, labels): top-1 100%" in printed
     (ident,) = result.identification
     assert ident["top1"] == 1.0 and ident["units"] == 10
     (_, table), = read_labels(config.store, result.run_id, "linear")
     top = {row["unit"]: row["concept"] for row in table.to_pylist() if row["rank"] == 0}
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    assert top == {f"u{i:05d}": name for i, name in enumerate(classes)}
+    assert top == {f"u{i:05d}": name for i, name in enumerate(CLASSES)}
+
+
+@pytest.mark.browser
+def test_resnet20_report_shows_its_thumbnails_in_chromium(resnet20_run, chromium, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    config, result, _ = resnet20_run
+    report = build_report(config.store, result.run_id, out=tmp_path / "report", examples=4, top_images=8)
+    linear = next(p for p in report.layers if "linear" in p)
+    chromium.get((report.folder / linear).resolve().as_uri())
+    WebDriverWait(chromium, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    state = chromium.execute_script(
+        "const cards = Array.from(document.querySelectorAll('.card'));"
+        "cards.forEach(c => c.scrollIntoView());"
+        "return cards.map(c => [c.querySelector('.label').firstChild.textContent.trim(),"
+        "  Array.from(c.querySelectorAll('.thumbs img')).map(i => i.complete && i.naturalWidth === 32)])")
+    assert sorted(label for label, _ in state) == CLASSES  # one card per class unit, labelled with its class
+    assert all(len(shown) == 8 and all(shown) for _, shown in state)  # 8 CIFAR thumbnails (32 px) decoded per card
+    chromium.execute_script("window.scrollTo(0, 0)")
+    shot = tmp_path / "resnet20_linear.png"
+    chromium.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")
