@@ -35,13 +35,71 @@ def main(
 
 @app.command()
 def demo(
-    seed: Annotated[int, typer.Option(help="Seed of the generated data, the training and the model.")] = 0,
-    method: Annotated[
-        str, typer.Option(help="Similarity function: cos, cos3, rank_reorder, wpmi, soft_wpmi.")
-    ] = "soft_wpmi",
-    units: Annotated[int, typer.Option(help="Units to show per hidden layer.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the world, every training run and every dissection.")] = 0,
+    root: Annotated[str, typer.Option(help="Folder for the world, checkpoints, dissections and reports.")] = "./discover-demo",
+    quick: Annotated[bool, typer.Option(help="Only train a tiny CNN in-process and label its neurons (seconds, no Ray).")] = False,
+    method: Annotated[str, typer.Option(help="Similarity function shown in the tables.")] = "soft_wpmi",
+    units: Annotated[int, typer.Option(help="Hidden units to show per layer.")] = 6,
 ) -> None:
-    """Train a tiny CNN on generated shapes and describe its neurons with concepts (offline, CPU)."""
+    """The whole loop on a generated world: train a tiny CLIP, target models and their CVN twins (Ray Train),
+    dissect them on Ray, analyse, and write the reports; ends with the report's path."""
+    if quick:
+        _quick_demo(seed, method, units)
+        return
+    import time
+
+    from jobs.world_loop import run_loop
+
+    began = time.perf_counter()
+    result = run_loop(root, seed=seed, console=console)
+    _print_loop(result, method, units)
+    console.print(f"done in {time.perf_counter() - began:.0f} s ("
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()) + ")")
+    console.print(f"report: {result.reports['cnn_cvn2']}", highlight=False)
+
+
+def _print_loop(result, method: str, units: int) -> None:
+    from discover_ray.runs import read_labels
+
+    shots = Table(title="tiny CLIP: zero-shot accuracy on held-out world images")
+    for family in result.zero_shot:
+        shots.add_column(family, justify="right")
+    shots.add_row(*(f"{v:.0%}" for v in result.zero_shot.values()))
+    console.print(shots)
+    ident = Table(title=f"target models: validation top-1 and final-layer neuron identification ({method})")
+    for column in ("model", "val top-1", "labels", "tiny CLIP"):
+        ident.add_column(column, justify="right" if column != "model" else "left")
+    for name, target in result.targets.items():
+        run = _run(result.store, target["run_id"])
+        found = {i["source"].split(":")[0]: i["top1"] for i in run["identification"] if i["method"] == method}
+        ident.add_row(name, f"{target['val_top1']:.1%}", f"{found.get('labels', 0):.0%}", f"{found.get('clip', 0):.0%}")
+    console.print(ident)
+    run_id = result.targets["cnn_cvn2"]["run_id"]
+    neurons = Table(title=f"labelled neurons of the CNN CVN (tiny CLIP, {method})")
+    for column in ("layer", "unit", "concept", "score", "runners-up"):
+        neurons.add_column(column)
+    for layer in ("relu3", "fc"):
+        (entry, table), *_ = [(e, t) for e, t in read_labels(result.store, run_id, layer, method=method)
+                               if e.source.startswith("clip")]
+        rows = table.to_pylist()
+        unit_names = list(dict.fromkeys(r["unit"] for r in rows))
+        for unit in unit_names[: (len(unit_names) if layer == "fc" else units)]:
+            ranked = sorted((r for r in rows if r["unit"] == unit), key=lambda r: r["rank"])
+            neurons.add_row(layer, unit, ranked[0]["concept"], f"{ranked[0]['score']:.3f}",
+                            ", ".join(r["concept"] for r in ranked[1:3]))
+    console.print(neurons)
+
+
+def _run(store: str, run_id: str) -> dict:
+    from discover_ray.runs import load_run
+    from discover_ray.store import Store
+
+    run = load_run(Store(store), run_id)
+    assert run is not None
+    return run
+
+
+def _quick_demo(seed: int, method: str, units: int) -> None:
     from discover_ray.demo import run_demo
 
     with console.status("training a tiny CNN on generated shapes and dissecting it..."):

@@ -58,6 +58,7 @@ class ProbeConfig(_Strict):
     id_column: str | None = None
     label_column: str | None = None
     label_name_column: str | None = None
+    text_column: str | None = Field(None, description="captions (a string or a list per image), for contrastive training")
     uri_column: str = "uri"
     limit: int | None = Field(None, ge=1)
     sample: int | None = Field(None, ge=1)
@@ -82,6 +83,7 @@ class ProbeConfig(_Strict):
                 id_column=self.id_column or "image_id",
                 label_column=self.label_column or "label",
                 label_name_column=self.label_name_column or "label_name",
+                text_column=self.text_column,
             )
         else:
             probe = ProbeSet.from_manifest(
@@ -90,6 +92,7 @@ class ProbeConfig(_Strict):
                 id_column=self.id_column,
                 label_column=self.label_column,
                 label_name_column=self.label_name_column,
+                text_column=self.text_column,
             )
         if self.sample is not None:
             probe = probe.sample(self.sample, seed=self.seed)

@@ -42,6 +42,7 @@ class ProbeImage:
     row: int | None = None  # row of a Parquet-with-bytes source
     label: int | None = None
     label_name: str | None = None
+    texts: tuple[str, ...] | None = None  # captions, for contrastive training (one or several per image)
 
 
 @dataclass
@@ -88,6 +89,7 @@ class ProbeSet:
         id_column: str = "image_id",
         label_column: str | None = "label",
         label_name_column: str | None = "label_name",
+        text_column: str | None = None,
         **storage_options: Any,
     ) -> ProbeSet:
         table = _read_table(path, storage_options, exclude=image_column)
@@ -101,6 +103,7 @@ class ProbeSet:
                 row=row,
                 label=_column(table, label_column, row),
                 label_name=_column(table, label_name_column, row),
+                texts=_texts(table, text_column, row),
             )
             for row in range(table.num_rows)
         ]
@@ -115,6 +118,7 @@ class ProbeSet:
         id_column: str | None = None,
         label_column: str | None = None,
         label_name_column: str | None = None,
+        text_column: str | None = None,
         **storage_options: Any,
     ) -> ProbeSet:
         table = _read_table(path, storage_options)
@@ -128,6 +132,7 @@ class ProbeSet:
                 uris[row],
                 label=_column(table, label_column, row),
                 label_name=_column(table, label_name_column, row),
+                texts=_texts(table, text_column, row),
             )
             for row in range(table.num_rows)
         ]
@@ -295,6 +300,18 @@ def _column(table: pa.Table, name: str | None, row: int) -> Any:
     if not name or name not in table.column_names:
         return None
     return table[name][row].as_py()
+
+
+def _texts(table: pa.Table, name: str | None, row: int) -> tuple[str, ...] | None:
+    """A caption column holds one string or a list of strings per image."""
+    if name is None:
+        return None
+    if name not in table.column_names:
+        raise ProbeError(f"no caption column {name!r}; columns: {table.column_names}")
+    value = table[name][row].as_py()
+    if value is None:
+        return None
+    return (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)
 
 
 def _classes(images: list[ProbeImage]) -> tuple[str, ...] | None:

@@ -118,6 +118,8 @@ class TrainConfig(_Strict):
 
     name: str | None = None
     storage_path: str = DEFAULT_STORAGE
+    task: Literal["classify", "contrastive"] = Field(
+        "classify", description="classify: cross-entropy (+ KL for CVNs); contrastive: a CLIP on image-caption pairs")
     recipe: Literal["resnet", "deit", "custom"] = "resnet"
     model: ModelSection
     data: DataSection
@@ -144,6 +146,14 @@ class TrainConfig(_Strict):
             else:
                 merged[key] = value
         return merged
+
+    @model_validator(mode="after")
+    def _captions(self) -> TrainConfig:
+        if self.task == "contrastive" and not self.data.train.text_column:
+            raise ValueError("task: contrastive trains on captions: set data.train.text_column (e.g. caption)")
+        if self.task == "contrastive" and self.data.val is not None and not self.data.val.text_column:
+            raise ValueError("task: contrastive: set data.val.text_column as well")
+        return self
 
     @field_validator("storage_path")
     @classmethod

@@ -31,9 +31,10 @@ class LabelledImages(torch.utils.data.Dataset):
         failure_budget: float = 0.001,
         max_bytes: int = DEFAULT_MAX_BYTES,
         chunk: int = 1024,
+        require_labels: bool = True,
     ):
         unlabelled = [im.image_id for im in probe.images if im.label is None]
-        if unlabelled:
+        if unlabelled and require_labels:
             raise ProbeError(
                 f"{len(unlabelled)} training images of {probe.source!r} have no label (e.g. {unlabelled[0]}); "
                 "give a label column or class folders"
@@ -42,6 +43,7 @@ class LabelledImages(torch.utils.data.Dataset):
         self.classes = probe.classes
         self.pixels: list[np.ndarray] = []
         self.labels: list[int] = []
+        self.image_ids: list[str] = []
         self.failed: list[tuple[str, str]] = []
         held = 0
         for start in range(0, len(probe), chunk):
@@ -56,8 +58,8 @@ class LabelledImages(torch.utils.data.Dataset):
                         "train on a sample (data.train.sample) or give the workers more memory"
                     )
                 self.pixels.append(array)
-                assert meta.label is not None
-                self.labels.append(meta.label)
+                self.image_ids.append(meta.image_id)
+                self.labels.append(meta.label if meta.label is not None else -1)
         if len(self.failed) > failure_budget * len(probe):
             shown = "; ".join(f"{i} ({why})" for i, why in self.failed[:3])
             raise ProbeError(

@@ -25,8 +25,8 @@ def test_concepts_command_reports_cleaning(tmp_path):
     assert result.exit_code == 2 and "not found" in result.output
 
 
-def test_demo_prints_labels_for_every_output_unit():
-    result = runner.invoke(app, ["demo", "--units", "2"])
+def test_quick_demo_prints_labels_for_every_output_unit():
+    result = runner.invoke(app, ["demo", "--quick", "--units", "2"])
     assert result.exit_code == 0, result.output
     assert "layer fc" in result.output and "blue triangle" in result.output
     assert "final-layer neuron identification: top-1" in result.output
