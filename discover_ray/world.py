@@ -163,7 +163,7 @@ def caption_variants(data: WorldImages) -> list[list[str]]:
     """Several true captions per image, as COCO has five: the full sentence and shorter phrases around the
     image's class ("red circle", "a small red circle", "red circle on a dark background", …). Contrastive
     training draws one per step, so the CLIP learns to read the short concept texts that a dissection's
-    concept set holds, not only full sentences. Every variant names the class: captions that name only a
+    concept set holds, not only full sentences. Every short variant names the class: captions that name only a
     colour repeat so often in a batch that the contrastive loss learns colour and little else."""
     full = captions(data)
     out = []

@@ -142,3 +142,29 @@ def test_a_worker_failure_resumes_from_the_last_checkpoint(world_folder, tmp_pat
     assert flag.exists() and result.trained_epochs == [0, 1] and [h["epoch"] for h in result.history] == [0, 1]
     epoch0 = tmp_path / "ckpt" / "tiny-cvn-crash" / "epoch_0000" / "metrics.json"
     assert epoch0.stat().st_mtime <= flag.stat().st_mtime  # the crash came after epoch 0 was checkpointed
+
+
+def test_a_tiny_clip_trains_contrastively_on_captions_and_loads_as_an_encoder(tmp_path):
+    from discover_ray.encoders.clip import ClipEncoder, ClipSpec
+
+    data = world.write_parquet(tmp_path / "world.parquet", world.generate(96, seed=7))
+    raw = {
+        "name": "clip", "task": "contrastive", "recipe": "custom", "storage_path": str(tmp_path / "train"),
+        "model": {"name": "TinyCLIP-RN-32"},
+        "data": {"train": {"source": str(data), "text_column": "captions"},
+                 "val": {"source": str(data), "text_column": "caption"}, "augment": "none"},
+        "epochs": 1, "batch_size": 32, "optimizer": {"name": "adamw", "lr": 1e-3},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5},
+    }
+    result = train(load_train_config(raw), console=QUIET)
+    assert result.trained_epochs == [0] and set(result.final) >= {"loss", "train_top1", "val_top1", "val_ce"}
+    assert result.final["kl"] == 0 and result.final["active_fraction"] == {}  # no LWTA layers, no KL
+    assert 0 < result.final["loss"] < 10 and 0 <= result.final["val_top1"] <= 1
+    encoder = ClipEncoder(ClipSpec("TinyCLIP-RN-32", result.model_file))  # loads as it is, as dissections do
+    trained = load_file(result.model_file)
+    assert torch.equal(encoder.model.state_dict()["logit_scale"], trained["logit_scale"])
+    accuracy = world.zero_shot_accuracy(encoder, world.generate(18, seed=8))
+    assert set(accuracy) == {"class", *world.FAMILIES} and all(0 <= v <= 1 for v in accuracy.values())
+
+    with pytest.raises(ValueError, match="set data.train.text_column"):
+        load_train_config({**raw, "data": {"train": {"source": str(data)}}})

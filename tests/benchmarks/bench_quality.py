@@ -1,0 +1,104 @@
+"""Description quality where the truth is known: the world loop's dissections scored against the world.
+
+Runs (or reuses) the product loop of ``jobs/world_loop.py`` under ``--root`` — a tiny CLIP trained on the
+world's captions, a small CNN and a tiny ViT trained on its colour × shape classes, each with its CVN
+twin — and scores every dissection, for both concept sources (the probe's labels with colour and shape
+superclasses, and the tiny CLIP over the world's 22-concept vocabulary) and every similarity method:
+
+(a) final-layer neuron identification: output unit i labelled with class i (top-1);
+(b) hidden units: agreement of each unit's top-1 label with the concept the ground truth says explains
+    it best (largest correlation with the concept's presence, ``evaluate.ground_truth``), beside the
+    chance rate 1/M of a random label from the same M concepts;
+(c) CVN vs baseline: the same figures for each CVN and its non-competitive twin, side by side.
+
+Prints one JSON object and a Markdown table (for the README).
+
+    python tests/benchmarks/bench_quality.py                    # ./discover-demo, as `make demo` leaves it
+    python tests/benchmarks/bench_quality.py --root /tmp/q --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from discover_ray import world  # noqa: E402
+from discover_ray.analyze import read_activations, top_labels  # noqa: E402
+from discover_ray.evaluate.ground_truth import agreement, best_truth_concepts  # noqa: E402
+from discover_ray.runs import LabelEntry, load_run  # noqa: E402
+from discover_ray.store import Store  # noqa: E402
+from jobs.world_loop import TARGETS, TWINS, LoopSizes, run_loop  # noqa: E402
+
+
+def score(result, sizes: LoopSizes, seed: int) -> list[dict]:
+    store = Store(result.store)
+    probe = world.generate(sizes.probe, seed=seed * 10 + 2)
+    truth = world.truth_matrix(probe).numpy()
+    vocabulary = list(world.concept_vocabulary())
+    rows = []
+    for name, target in result.targets.items():
+        run = load_run(store, target["run_id"])
+        identification = {(i["source"], i["method"]): i["top1"] for i in run["identification"]}
+        classifier = TARGETS[name]["layers"][-1]
+        for entry in (LabelEntry(**e) for e in run["labels"]):
+            if entry.layer == classifier:
+                continue
+            recorded = read_activations(store, run, entry.model, entry.layer)
+            order = [int(i.rsplit("/", 1)[1]) for i in recorded.image_ids]  # world/000123 → row 123
+            labels = top_labels(store.dataset(entry.dataset).read())
+            concepts = (vocabulary if entry.source.startswith("clip")
+                        else list(world.class_names()) + list(world.COLOURS) + list(world.SHAPES))
+            columns = [vocabulary.index(c) for c in concepts]
+            best = best_truth_concepts(recorded.values, truth[order][:, columns])
+            predicted = [labels.get(u, (None, 0))[0] for u in recorded.units]
+            rows.append({
+                "model": name, "source": entry.source.split(":")[0], "method": entry.method, "layer": entry.layer,
+                "units": len(recorded.units), "val_top1": target["val_top1"],
+                "hidden_agreement": agreement(predicted, concepts, best), "chance": 1 / len(concepts),
+                "final_top1": identification.get((entry.source, entry.method)),
+            })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| model | concepts | method | final-layer top-1 | hidden layer | units | agreement with truth | chance |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['source']} | {r['method']} | {r['final_top1']:.0%} | {r['layer']} | "
+                     f"{r['units']} | {r['hidden_agreement']:.1%} | {r['chance']:.1%} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="./discover-demo")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    sizes = LoopSizes()
+    from rich.console import Console
+
+    result = run_loop(args.root, seed=args.seed, sizes=sizes, console=Console(stderr=True, quiet=True))
+    rows = score(result, sizes, args.seed)
+    pairs = []
+    for cvn, twin in TWINS.items():
+        for r in (r for r in rows if r["model"] == cvn):
+            base = next(b for b in rows if b["model"] == twin and b["source"] == r["source"] and b["method"] == r["method"]
+                        and b["layer"] == r["layer"])
+            pairs.append({"cvn": cvn, "twin": twin, "source": r["source"], "method": r["method"], "layer": r["layer"],
+                          "final_top1": [r["final_top1"], base["final_top1"]],
+                          "hidden_agreement": [r["hidden_agreement"], base["hidden_agreement"]]})
+    print(json.dumps({"seed": args.seed, "zero_shot": result.zero_shot,
+                      "val_top1": {k: v["val_top1"] for k, v in result.targets.items()},
+                      "rows": rows, "cvn_vs_twin": pairs}, indent=1))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
