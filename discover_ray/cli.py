@@ -127,6 +127,22 @@ def _quick_demo(seed: int, method: str, units: int) -> None:
     )
 
 
+@app.command("world")
+def world_command(
+    out: Annotated[str, typer.Argument(help="Folder for train.parquet, val.parquet, probe.parquet and concepts.txt.")],
+    seed: Annotated[int, typer.Option(help="Seed of the images (split i uses seed·10 + i).")] = 0,
+    train: Annotated[int, typer.Option(help="Training images.")] = 6000,
+    val: Annotated[int, typer.Option(help="Validation images.")] = 900,
+    probe: Annotated[int, typer.Option(help="Probe images for dissections.")] = 900,
+) -> None:
+    """Generate the world of coloured, patterned shapes with known concepts, as Parquet splits."""
+    from discover_ray import world
+
+    folder = world.write_world(out, seed, train, val, probe)
+    console.print(f"{folder}: train {train}, val {val}, probe {probe} images; "
+                  f"{len(world.concept_vocabulary())} concepts in concepts.txt", highlight=False)
+
+
 @app.command()
 def concepts(
     source: Annotated[str, typer.Argument(help="A concept file (local path or s3://...) or a built-in set name.")],
@@ -313,7 +329,7 @@ def sparsity(
     run: Annotated[str, typer.Argument(help="Run id (printed by `discover dissect`).")],
     store: Annotated[str, typer.Option(help="Output root the run was written to.")] = "./discover-runs",
 ) -> None:
-    """Per layer, the mean ± std over the probe set of the fraction of active units (|a| > 1e-4)."""
+    """Per layer, the mean ± std over the probe set of the fraction of active units (|a| > 1e-4; in LWTA layers, a ≠ 0)."""
     from discover_ray.analyze import layer_sparsity
 
     try:

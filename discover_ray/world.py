@@ -34,7 +34,7 @@ from torch import Tensor
 __all__ = [
     "BACKGROUNDS", "COLOURS", "FAMILIES", "PATTERNS", "SHAPES", "SIZES", "WorldImages", "caption_variants", "captions",
     "class_names", "concept_name", "concept_vocabulary", "family_concepts", "generate", "label_concepts",
-    "truth_matrix", "write_parquet",
+    "truth_matrix", "write_parquet", "write_world", "zero_shot_accuracy",
 ]
 
 COLOURS: dict[str, tuple[int, int, int]] = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 220)}
@@ -219,6 +219,18 @@ def write_parquet(path: str | Path, data: WorldImages) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(columns), path, row_group_size=1024)
     return path
+
+
+def write_world(folder: str | Path, seed: int = 0, train: int = 6000, val: int = 900, probe: int = 900) -> Path:
+    """``train`` / ``val`` / ``probe`` Parquet splits of the world (seeds ``seed·10 + 0/1/2``) and its concept
+    set ``concepts.txt``; a split already written is kept, so the call is cheap and idempotent."""
+    folder = Path(folder)
+    for split, n, offset in (("train", train, 0), ("val", val, 1), ("probe", probe, 2)):
+        path = folder / f"{split}.parquet"
+        if not path.exists():
+            write_parquet(folder / f".{split}.parquet.tmp", generate(n, seed=seed * 10 + offset)).rename(path)
+    (folder / "concepts.txt").write_text("\n".join(concept_vocabulary()) + "\n")
+    return folder
 
 
 def zero_shot_accuracy(encoder, data: WorldImages, batch_size: int = 256) -> dict[str, float]:

@@ -70,18 +70,6 @@ class LoopResult:
         return str(self.root / "runs")
 
 
-def make_world(root: Path, seed: int, sizes: LoopSizes) -> Path:
-    """The world's train / val / probe Parquet files and its concept set (written once, deterministic)."""
-    folder = root / "world"
-    for split, n, offset in (("train", sizes.train, 0), ("val", sizes.val, 1), ("probe", sizes.probe, 2)):
-        path = folder / f"{split}.parquet"
-        if not path.exists():
-            tmp = world.write_parquet(folder / f".{split}.parquet.tmp", world.generate(n, seed=seed * 10 + offset))
-            tmp.rename(path)
-    (folder / "concepts.txt").write_text("\n".join(world.concept_vocabulary()) + "\n")
-    return folder
-
-
 def train_clip(folder: Path, root: Path, seed: int, sizes: LoopSizes, console: Console, cpus: float = 2):
     from discover_ray.train import train
 
@@ -145,7 +133,7 @@ def run_loop(root: str | Path = "./discover-demo", seed: int = 0, sizes: LoopSiz
     root = Path(root).resolve()
     seconds: dict[str, float] = {}
     began = time.perf_counter()
-    folder = make_world(root, seed, sizes)
+    folder = world.write_world(root / "world", seed, sizes.train, sizes.val, sizes.probe)
     seconds["generate"] = time.perf_counter() - began
     import ray
 

@@ -7,6 +7,7 @@ from discover_ray.analyze.active import (
     active_table,
     active_units,
     explain_image,
+    layer_activity,
     layer_sparsity,
     read_activations,
     top_labels,
@@ -15,5 +16,5 @@ from discover_ray.analyze.compare import LayerComparison, compare_runs
 
 __all__ = [
     "ActiveNeurons", "LayerActivations", "LayerComparison", "active_table", "active_units", "compare_runs",
-    "explain_image", "layer_sparsity", "read_activations", "top_labels",
+    "explain_image", "layer_activity", "layer_sparsity", "read_activations", "top_labels",
 ]

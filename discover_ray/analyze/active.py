@@ -19,7 +19,7 @@ from discover_ray.store import Store
 
 __all__ = [
     "ActiveNeurons", "LayerActivations", "active_table", "active_units", "explain_image", "layer_sparsity",
-    "read_activations", "top_labels",
+    "layer_activity", "read_activations", "top_labels",
 ]
 
 
@@ -133,6 +133,13 @@ def explain_image(
     return ActiveNeurons(image_id, entry.model, layer, entry.method, recorded.block_size, len(recorded.units), table)
 
 
+def layer_activity(recorded: LayerActivations, eps: float = EPS) -> Sparsity:
+    """Active fraction per example of a recorded layer. LWTA losers output exactly 0, so in an LWTA layer every
+    non-zero unit is active (a winner whose response happens to lie within ε of 0 still won its block);
+    elsewhere a unit is active when |a| > ε."""
+    return sparsity(recorded.values, 0.0 if recorded.block_size > 1 else eps)
+
+
 def layer_sparsity(store: Store | str, run_id: str, eps: float = EPS) -> list[tuple[str, str, int, Sparsity]]:
     """(model, layer, block size, sparsity over the probe set) for every recorded layer of a run."""
     store = store if isinstance(store, Store) else Store(str(store))
@@ -144,5 +151,5 @@ def layer_sparsity(store: Store | str, run_id: str, eps: float = EPS) -> list[tu
         for layer in model["spec"]["layers"]:
             recorded = read_activations(store, run, label, layer)
             if recorded is not None:
-                out.append((label, layer, recorded.block_size, sparsity(recorded.values, eps)))
+                out.append((label, layer, recorded.block_size, layer_activity(recorded, eps)))
     return out

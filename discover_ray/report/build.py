@@ -25,8 +25,8 @@ import jinja2
 import numpy as np
 import pyarrow as pa
 
-from discover_ray.analyze.active import LayerActivations, active_table, read_activations, top_labels
-from discover_ray.evaluate.sparsity import EPS, Sparsity, sparsity
+from discover_ray.analyze.active import LayerActivations, active_table, layer_activity, read_activations, top_labels
+from discover_ray.evaluate.sparsity import EPS, Sparsity
 from discover_ray.report import plots
 from discover_ray.report.thumbnails import ProbeMismatch, Thumbnails, open_run_probe
 from discover_ray.runs import LabelEntry, load_run
@@ -132,7 +132,7 @@ def _layers(store: Store, run: dict[str, Any], method: str | None, eps: float) -
         rank = {m: i for i, m in enumerate(PREFERRED_METHODS)}
         primary = min(group, key=lambda e: (e.method != method, rank.get(e.method, len(rank)), group.index(e)))
         labellings = [(e, store.dataset(e.dataset).read()) for e in group]
-        out.append(_Layer(model, layer, primary, labellings, recorded, sparsity(recorded.values, eps)))
+        out.append(_Layer(model, layer, primary, labellings, recorded, layer_activity(recorded, eps)))
     for item in out:
         item.top = top_labels(next(t for e, t in item.labellings if e is item.primary))
     return out

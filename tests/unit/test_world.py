@@ -68,3 +68,18 @@ def test_ground_truth_finds_the_concept_a_unit_tracks():
     assert best.tolist() == planted
     assert agreement(["red", "striped", "circle", "large"], names, best) == 0.75
     assert best_truth_concepts(np.ones((180, 1)), truth).tolist() == [0]  # a constant unit correlates with nothing
+
+
+def test_discover_world_writes_the_splits_once(tmp_path):
+    from typer.testing import CliRunner
+
+    from discover_ray.cli import app
+
+    out = tmp_path / "world"
+    printed = CliRunner().invoke(app, ["world", str(out), "--train", "18", "--val", "9", "--probe", "9"])
+    assert printed.exit_code == 0, printed.output
+    assert sorted(p.name for p in out.iterdir()) == ["concepts.txt", "probe.parquet", "train.parquet", "val.parquet"]
+    assert (out / "concepts.txt").read_text().split("\n")[:-1] == list(world.concept_vocabulary())
+    before = (out / "train.parquet").stat().st_mtime_ns
+    world.write_world(out, train=18, val=9, probe=9)
+    assert (out / "train.parquet").stat().st_mtime_ns == before  # kept, not rewritten

@@ -132,7 +132,9 @@ def test_shipped_training_configs_validate():
 
     jobs = Path(__file__).resolve().parents[3] / "jobs" / "configs"
     configs = {p.stem: load_train_config(p) for p in sorted(jobs.glob("train_*.yaml"))}
-    assert set(configs) == {"train_cifar_resnet20", "train_cifar_resnet20_cvn2", "train_deit_small_cvn12", "train_resnet18_cvn4"}
+    assert set(configs) == {"train_cifar_resnet20", "train_cifar_resnet20_cvn2", "train_deit_small_cvn12", "train_resnet18_cvn4",
+                            "train_world_clip"}
+    assert configs["train_world_clip"].task == "contrastive" and configs["train_world_clip"].data.train.text_column
     cvn, plain = configs["train_cifar_resnet20_cvn2"], configs["train_cifar_resnet20"]
     # the twins differ in the model alone
     assert cvn.model_dump(exclude={"name", "model"}) == plain.model_dump(exclude={"name", "model"})
