@@ -50,8 +50,11 @@ def demo(
 
     from jobs.world_loop import run_loop
 
+    import ray
+
     began = time.perf_counter()
     result = run_loop(root, seed=seed, console=console)
+    ray.shutdown()  # the cluster's own messages end here, before the summary
     _print_loop(result, method, units)
     console.print(f"done in {time.perf_counter() - began:.0f} s ("
                   + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()) + ")")

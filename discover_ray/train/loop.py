@@ -214,7 +214,9 @@ def _all_reduce(values: torch.Tensor, world: int) -> torch.Tensor:
 
 def _save(folder: Path, model: nn.Module, optimizer, scheduler, epoch: int, history: list, config: TrainConfig) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / MODEL_FILE), metadata={"model": config.model.name, "epoch": str(epoch)})
+    # One metadata key: safetensors writes a metadata map in hash order, which differs between processes, and
+    # the file's sha256 is the checkpoint id that names its dissections; one key keeps the bytes reproducible.
+    save_file(state, str(folder / MODEL_FILE), metadata={"discover": json.dumps({"epoch": epoch, "model": config.model.name})})
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch}, folder / STATE_FILE)
     (folder / METRICS_FILE).write_text(json.dumps({
         "name": config.run_name, "model": config.model.name, "epoch": epoch, "epochs": config.epochs,
