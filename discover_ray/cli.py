@@ -48,9 +48,9 @@ def demo(
         return
     import time
 
-    from jobs.world_loop import run_loop
-
     import ray
+
+    from jobs.world_loop import run_loop
 
     began = time.perf_counter()
     result = run_loop(root, seed=seed, console=console)
