@@ -240,8 +240,7 @@ def labels(
     try:
         tables = read_labels(store, run, layer, method=method, model=model)
     except (FileNotFoundError, KeyError) as err:
-        console.print(f"[red]error:[/red] {err.args[0] if isinstance(err, KeyError) else err}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(_print_error(err)) from None
     for entry, table in tables:
         rows = table.to_pylist()
         by_unit: dict[str, list[dict]] = {}
@@ -314,8 +313,7 @@ def explain_image_command(
     try:
         result = explain_image(store, run, image, layer, method=method, model=model)
     except (FileNotFoundError, KeyError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err.args[0] if isinstance(err, KeyError) else err}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(_print_error(err)) from None
     view = Table(title=f"{image}: {result.model} / {layer} ({result.method})")
     for name in ("unit", "activation", "concept", "score"):
         view.add_column(name, justify="left" if name in ("unit", "concept") else "right")
@@ -362,8 +360,7 @@ def compare(
     try:
         layers = compare_runs(store, run_a, run_b, method=method)
     except (FileNotFoundError, KeyError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err.args[0] if isinstance(err, KeyError) else err}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(_print_error(err)) from None
     view = Table(title=f"label stability {run_a} → {run_b}")
     for name in ("model", "layer", "method", "source", "stable", "most changed"):
         view.add_column(name)
@@ -398,8 +395,7 @@ def report(
         result = build_report(store, run, out=out, method=method, examples=image or examples,
                               top_images=top_images, twin=twin)
     except (FileNotFoundError, KeyError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err.args[0] if isinstance(err, KeyError) else err}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(_print_error(err)) from None
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     console.print(f"{len(result.layers)} layer pages, {len(result.examples)} example pages, "
