@@ -180,6 +180,11 @@ class RecordConfig(_Strict):
         description="LWTA layers: one seeded stochastic pass (the paper: eval() does not stop sampling) or argmax winners",
     )
     batch_size: int = Field(256, ge=1, description="images per forward pass; fixed chunks of each shard")
+    pixel_cache: bool = Field(
+        True,
+        description="decode each probe image once per preprocessing (the DECODE stage) and record every model "
+        "that shares it from the cached uint8 pixels; the activations are the same either way",
+    )
 
 
 class ReduceConfig(_Strict):

@@ -14,6 +14,7 @@ import hashlib
 import io
 import posixpath
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = ["IMAGE_EXTENSIONS", "ProbeError", "ProbeImage", "ProbeSet", "DecodeRe
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_SHARD_SIZE = 4096
 DEFAULT_FAILURE_BUDGET = 0.001
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object addresses in error messages: reasons must not vary by run
 
 
 class ProbeError(ValueError):
@@ -241,7 +243,7 @@ def decode_images(
                 result.images.append(convert(opened))
             result.kept.append(im)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
-            result.failed.append((im.image_id, f"corrupt: {err}"))
+            result.failed.append((im.image_id, f"corrupt: {_ADDRESS.sub('', str(err))}"))
     allowed = failure_budget * (total or len(images))
     if len(result.failed) > allowed:
         shown = "; ".join(f"{i} ({why})" for i, why in result.failed[:5])
@@ -324,28 +326,16 @@ def _classes(images: list[ProbeImage]) -> tuple[str, ...] | None:
 def preprocess_batch(images: Sequence[Image.Image], transform: Callable[[Image.Image], Any]) -> Any:
     """``torch.stack([transform(im) for im in images])``, faster for the usual transforms.
 
-    A ``Compose`` ending in ToTensor (torchvision or timm's MaybeToTensor) and Normalize runs its
-    geometric head per image and its tail once on the stacked uint8 batch: the same arithmetic
-    (x / 255, then (x − mean) / std), without a float tensor and a normalisation per image.
+    A ``Compose`` ending in ToTensor and Normalize runs its geometric head per image and its tail once on
+    the stacked uint8 batch (``PixelFormat``): the same arithmetic, without a float tensor and a
+    normalisation per image.
     """
-    import numpy as np
     import torch
-    from torchvision import transforms as T
 
-    steps = list(transform.transforms) if isinstance(transform, T.Compose) else []
-    cut = next((i for i, t in enumerate(steps) if type(t).__name__ in ("ToTensor", "MaybeToTensor")), None)
-    if cut is not None and all(isinstance(t, T.Normalize) for t in steps[cut + 1 :]):
-        heads = []
-        for image in images:
-            for step in steps[:cut]:
-                image = step(image)
-            heads.append(image)
-        if heads and all(isinstance(h, Image.Image) and h.mode == "RGB" and h.size == heads[0].size for h in heads):
-            batch = torch.from_numpy(np.stack([np.asarray(h) for h in heads])).permute(0, 3, 1, 2)
-            x = batch.to(torch.float32).div_(255)
-            for step in steps[cut + 1 :]:
-                mean = torch.as_tensor(step.mean, dtype=x.dtype).view(1, -1, 1, 1)
-                std = torch.as_tensor(step.std, dtype=x.dtype).view(1, -1, 1, 1)
-                x.sub_(mean).div_(std)
-            return x.contiguous()
+    from discover_ray.probe.pixels import split_preprocess
+
+    split = split_preprocess(transform)
+    pixels = split.to_uint8(images) if split is not None and images else None
+    if pixels is not None:
+        return split.to_tensor(pixels)
     return torch.stack([transform(image) for image in images])

@@ -7,6 +7,7 @@ import ray
 import torch
 
 from discover_ray.encoders.clip import ClipEncoder, ClipSpec
+from discover_ray.stages.inference import carried
 
 
 class ImageEmbedder:
@@ -18,7 +19,7 @@ class ImageEmbedder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = np.asarray(batch["pixels"][0])
-        out = {k: batch[k] for k in ("shard", "chunk", "image_ids", "failed")}
+        out = carried(batch)
         if len(pixels):
             out["embedding"] = self.encoder.encode_images(torch.from_numpy(np.array(pixels, copy=True))).numpy()[None]
         return out

@@ -15,12 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import torch
 
 from discover_ray.config import ProbeConfig
 from discover_ray.probe import ProbeError, ProbeSet, decode_images, preprocess_batch
+from discover_ray.probe.pixels import PixelFormat
 from discover_ray.stages.cluster import Resources
+from discover_ray.store import Store
 
 
 @dataclass
@@ -114,61 +118,156 @@ def chunk_rows(probe: ProbeSet, shard_size: int, shards: list[int], batch_size: 
     return rows
 
 
-class ChunkDecoder:
-    """A Ray Data actor that reads and decodes chunks into float32 tensors in the model's input format.
+CARRIED = ("shard", "chunk", "image_ids", "failed", "raw")  # what an actor passes on with its outputs
 
-    An actor rather than tasks: the probe set, the transform and the open Parquet row groups are set up
-    once, and no fresh worker process pays for importing torch per task.
+
+def carried(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The keys of a loaded chunk that every inference actor hands back unchanged."""
+    return {k: batch[k] for k in CARRIED if k in batch}
+
+
+@dataclass(frozen=True)
+class PixelCache:
+    """Where a preprocessing's decoded pixels live in the store, and which shards are there already."""
+
+    store_root: str
+    relative: str
+    format: PixelFormat
+    cached: frozenset[int]
+
+
+class ChunkSource:
+    """Turns a chunk's row into model-ready float32 ``pixels``, by decoding its images or, with a
+    ``PixelCache``, from the cached uint8 pixels of its shard when they are there.
+
+    Decoded chunks also carry their uint8 ``raw`` pixels when a cache is given, so the driver can fill
+    the cache while the stage runs: every later model with the same preprocessing reads instead of
+    decoding. Both ways give the same tensors (``PixelFormat.to_tensor`` is the transform's arithmetic).
+    Opened lazily, in the process that runs it: the probe set and its open Parquet row groups are set up
+    once per actor.
     """
 
-    def __init__(self, probe: ProbeSet | ProbeHandle, preprocess: Callable[[Any], torch.Tensor]):
-        torch.set_num_threads(1)
-        self.probe, self.preprocess = _opened(probe), preprocess
+    def __init__(self, probe: ProbeSet | ProbeHandle, preprocess: Callable[[Any], torch.Tensor], cache: PixelCache | None = None):
+        self.source, self.preprocess, self.cache = probe, preprocess, cache
+        self._probe: ProbeSet | None = None
+        self._store: Store | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return decode_chunk(batch, self.probe, self.preprocess)
+        if self.cache is not None and int(batch["shard"][0]) in self.cache.cached:
+            return self._read(batch)
+        return self._decode(batch)
+
+    def _decode(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Unreadable images are listed, not raised (the budget is probe-wide)."""
+        if self._probe is None:
+            self._probe = _opened(self.source)
+        start, stop = int(batch["start"][0]), int(batch["stop"][0])
+        decoded = decode_images(self._probe, self._probe.images[start:stop], failure_budget=1.0)
+        out = _chunk(batch, [im.image_id for im in decoded.kept], decoded.failed)
+        raw = self.cache.format.to_uint8(decoded.images) if self.cache is not None else None
+        if raw is not None:
+            out["raw"] = raw[None]
+            out["pixels"] = self.cache.format.to_tensor(raw).numpy()[None]
+        elif decoded.images:
+            out["pixels"] = preprocess_batch(decoded.images, self.preprocess).numpy()[None]
+        else:
+            out["pixels"] = np.zeros((1, 0, 3, 1, 1), dtype=np.float32)
+        return out
+
+    def _read(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The chunk's rows of its shard's cache part: only the row groups it overlaps are read."""
+        cache = self.cache
+        assert cache is not None
+        if self._store is None:
+            self._store = Store(cache.store_root)
+        shard, start, stop = int(batch["shard"][0]), int(batch["start"][0]), int(batch["stop"][0])
+        part = self._store.path(f"{cache.relative}/{self._store.dataset(cache.relative).part_name(shard)}")
+        with self._store.fs.open(part, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            meta = parquet.schema_arrow.metadata or {}
+            groups = _overlapping_groups(parquet.metadata, start, stop)
+            table = parquet.read_row_groups(groups, columns=["image_id", "index", "pixels"]) if groups else None
+        failed = [(i, why) for i, why, at in json.loads(meta.get(b"discover.failed", b"[]")) if start <= at < stop]
+        if table is None or table.num_rows == 0:
+            return {**_chunk(batch, [], failed), "pixels": np.zeros((1, 0, 3, 1, 1), dtype=np.float32)}
+        index = table["index"].to_numpy()
+        table = table.filter(pa.array((index >= start) & (index < stop)))
+        shape = json.loads(meta[b"discover.shape"])
+        width = int(np.prod(shape))
+        flat = table["pixels"].combine_chunks()
+        data = np.frombuffer(flat.buffers()[1], dtype=np.uint8)[flat.offset * width : (flat.offset + len(flat)) * width]
+        pixels = cache.format.to_tensor(data.reshape(len(flat), *shape)).numpy()
+        return {**_chunk(batch, table["image_id"].to_pylist(), failed), "pixels": pixels[None]}
 
 
-class DecodeThen:
-    """A Ray Data actor that decodes its chunk itself, then runs ``actor`` on it.
+PIXEL_ROW_GROUP = 256
+
+
+def pixel_table(image_ids: list[str], positions: list[int], raw: np.ndarray, failed: list[tuple[str, str, int]]) -> pa.Table:
+    """One shard's cache part: image_id, its position in the probe set and its uint8 pixels (H, W, 3);
+    the images that failed to decode are named, with their reason and position, in the metadata."""
+    shape = list(raw.shape[1:])
+    width = int(np.prod(shape)) if len(raw) else 1
+    table = pa.table({
+        "image_id": pa.array(image_ids, pa.string()),
+        "index": pa.array(positions, pa.int64()),
+        "pixels": pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(width), len(image_ids), [None, pa.py_buffer(np.ascontiguousarray(raw).tobytes())]),
+    })
+    return table.replace_schema_metadata({"discover.shape": json.dumps(shape), "discover.failed": json.dumps(failed)})
+
+
+def _overlapping_groups(metadata: pq.FileMetaData, start: int, stop: int) -> list[int]:
+    """Row groups whose ``index`` range meets [start, stop) (from their statistics; all if there are none)."""
+    column = metadata.schema.names.index("index")
+    groups = []
+    for g in range(metadata.num_row_groups):
+        stats = metadata.row_group(g).column(column).statistics
+        if stats is None or not stats.has_min_max or (stats.min < stop and stats.max >= start):
+            groups.append(g)
+    return groups
+
+
+def _chunk(batch: dict[str, np.ndarray], ids: list[str], failed: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+    return {
+        "shard": batch["shard"],
+        "chunk": batch["chunk"],
+        "image_ids": np.array(["\n".join(ids)], dtype=object),
+        "failed": np.array([json.dumps(failed)], dtype=object),
+    }
+
+
+class ChunkLoader:
+    """A Ray Data actor that only loads chunks (a ``ChunkSource``), feeding GPU actors."""
+
+    def __init__(self, loader: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]):
+        torch.set_num_threads(1)
+        self.loader = loader
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.loader(batch)
+
+
+class LoadThen:
+    """A Ray Data actor that loads its chunk itself, then runs ``actor`` on it.
 
     Used on CPU-only clusters: there, separate decode actors only compete with the forward pass for the
     same cores (and an OpenMP forward pass stalls whenever one of its threads is preempted). Two calls
-    run at once (``CONCURRENT_CALLS``), so the next chunk decodes while this one runs the model; a lock
+    run at once (``CONCURRENT_CALLS``), so the next chunk loads while this one runs the model; a lock
     keeps the forward passes one at a time, each with all of the actor's threads.
     """
 
     CONCURRENT_CALLS = 2
 
-    def __init__(
-        self, probe: ProbeSet | ProbeHandle, preprocess: Callable[[Any], torch.Tensor], actor: type, actor_kwargs: dict[str, Any]
-    ):
-        self.probe, self.preprocess = _opened(probe), preprocess
+    def __init__(self, loader: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], actor: type, actor_kwargs: dict[str, Any]):
+        self.loader = loader
         self.inner = actor(**actor_kwargs)
         self.forward_lock = threading.Lock()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        decoded = decode_chunk(batch, self.probe, self.preprocess)
+        loaded = self.loader(batch)
         with self.forward_lock:
-            return self.inner(decoded)
-
-
-def decode_chunk(batch: dict[str, np.ndarray], probe: ProbeSet, preprocess: Callable[[Any], torch.Tensor]) -> dict[str, np.ndarray]:
-    """Read and decode one chunk; unreadable images are listed, not raised (the budget is probe-wide)."""
-    start, stop = int(batch["start"][0]), int(batch["stop"][0])
-    images = probe.images[start:stop]
-    decoded = decode_images(probe, images, failure_budget=1.0)
-    if decoded.images:
-        pixels = preprocess_batch(decoded.images, preprocess).numpy()
-    else:
-        pixels = np.zeros((0, 3, 1, 1), dtype=np.float32)
-    return {
-        "shard": batch["shard"],
-        "chunk": batch["chunk"],
-        "image_ids": np.array(["\n".join(im.image_id for im in decoded.kept)], dtype=object),
-        "failed": np.array([json.dumps(decoded.failed)], dtype=object),
-        "pixels": pixels[None],
-    }
+            return self.inner(loaded)
 
 
 def run_chunks(
@@ -176,22 +275,20 @@ def run_chunks(
     shard_size: int,
     shards: list[int],
     batch_size: int,
-    preprocess: Callable[[Any], torch.Tensor],
+    loader: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
     actor: type,
     actor_kwargs: dict[str, Any],
     pool: Pool,
     failure_budget: float,
     on_images: Callable[[int], None] | None = None,
-    opener: ProbeConfig | None = None,
 ) -> Iterator[ShardOutput]:
     """Run ``actor`` over the chunks of ``shards``; yields each shard once all its chunks are back.
 
-    ``actor(**actor_kwargs)(batch)`` receives one decoded chunk and returns its outputs as arrays whose
+    ``loader`` (a ``ChunkSource``) turns a chunk's row into its ``pixels``;
+    ``actor(**actor_kwargs)(batch)`` receives the loaded chunk and returns its outputs as arrays whose
     first axis runs over the chunk's decoded images. More unreadable images than ``failure_budget`` of
-    the whole probe set stops the stage with a ``ProbeError`` (shards already written stay). With
-    ``opener`` (the config ``probe`` was opened from) the actors open the probe set themselves.
+    the whole probe set stops the stage with a ``ProbeError`` (shards already written stay).
     """
-    shipped = ProbeHandle.of(opener, probe) if opener is not None else probe
     rows = chunk_rows(probe, shard_size, shards, batch_size)
     if not rows:
         return
@@ -202,17 +299,17 @@ def run_chunks(
     inner = {**actor_kwargs, "threads": pool.torch_threads}
     if pool.readers:
         dataset = dataset.map_batches(
-            ChunkDecoder,
-            fn_constructor_kwargs={"probe": shipped, "preprocess": preprocess},
+            ChunkLoader,
+            fn_constructor_kwargs={"loader": loader},
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool.readers),
             num_cpus=pool.read_cpus,
         )
         actor_class, constructor, concurrency = actor, inner, {}
     else:
-        actor_class = DecodeThen
-        constructor = {"probe": shipped, "preprocess": preprocess, "actor": actor, "actor_kwargs": inner}
-        concurrency = {"max_concurrent_calls_per_actor": DecodeThen.CONCURRENT_CALLS, "enable_true_multi_threading": True}
+        actor_class = LoadThen
+        constructor = {"loader": loader, "actor": actor, "actor_kwargs": inner}
+        concurrency = {"max_concurrent_calls_per_actor": LoadThen.CONCURRENT_CALLS, "enable_true_multi_threading": True}
     dataset = dataset.map_batches(
         actor_class,
         fn_constructor_kwargs=constructor,
@@ -235,14 +332,14 @@ def run_chunks(
                 f"({failed_total} so far, e.g. {shown}); fix or remove them, or raise probe.failure_budget"
             )
         ids = batch["image_ids"][0].split("\n") if batch["image_ids"][0] else []
-        outputs = {k: np.asarray(v[0]) for k, v in batch.items() if k not in ("shard", "chunk", "image_ids", "failed")}
+        outputs = {k: np.asarray(v[0]) for k, v in batch.items() if k not in ("shard", "chunk", "image_ids", "failed")}  # raw too
         pending.setdefault(shard, {})[chunk] = {"ids": ids, "failed": failed, "outputs": outputs}
         if on_images is not None:
             on_images(len(ids) + len(failed))
         if len(pending[shard]) == expected[shard]:  # the shard is whole: hand it over in image-id order
             done = pending.pop(shard)
             chunks = [done[c] for c in range(expected[shard])]
-            names = chunks[0]["outputs"].keys()
+            names = {n: None for c in chunks if len(c["ids"]) for n in c["outputs"]}  # a chunk with no image has none
             yield ShardOutput(
                 shard,
                 [i for c in chunks for i in c["ids"]],

@@ -30,12 +30,22 @@ from discover_ray.encoders.labels import label_concept_scores
 from discover_ray.evaluate import NeuronIdentification, paired_embedding_cosine
 from discover_ray.ids import content_id
 from discover_ray.probe import ProbeError, decode_images
+from discover_ray.probe.pixels import split_preprocess
 from discover_ray.record import resolve_layers, unit_names
 from discover_ray.runs import LabelEntry, RunRecord
 from discover_ray.similarity import check_probe_size
 from discover_ray.stages.cluster import Resources, connect
 from discover_ray.stages.embed import ImageEmbedder, clip_preprocess, embed_texts
-from discover_ray.stages.inference import Pool, plan_pool, run_chunks
+from discover_ray.stages.inference import (
+    PIXEL_ROW_GROUP,
+    ChunkSource,
+    PixelCache,
+    Pool,
+    ProbeHandle,
+    pixel_table,
+    plan_pool,
+    run_chunks,
+)
 from discover_ray.stages.record import ActivationRecorder, seeded_load
 from discover_ray.stages.reduce import ConceptSource, identification_ranks, reduce_layer
 from discover_ray.store import Dataset, Store, config_hash
@@ -180,8 +190,9 @@ class _Job:
             rows = 0
             with self._progress(f"EMBED {spec.describe()}", todo) as advance:
                 for shard in run_chunks(
-                    self.probe, c.probe.shard_size, todo, source.config.batch_size, clip_preprocess(spec),
-                    ImageEmbedder, {"spec": spec}, self.pool, c.probe.failure_budget, advance, opener=c.probe,
+                    self.probe, c.probe.shard_size, todo, source.config.batch_size,
+                    ChunkSource(self.handle, clip_preprocess(spec)), ImageEmbedder, {"spec": spec}, self.pool,
+                    c.probe.failure_budget, advance,
                 ):
                     emb = shard.outputs.get("embedding", np.zeros((0, 1), np.float32))
                     table = pa.table({
@@ -214,7 +225,7 @@ class _Job:
         hashes = {
             layer: config_hash({
                 "checkpoint": model.checkpoint_id, "probe": self.probe_id, "layer": layer, "seed": c.seed,
-                "record": c.record.model_dump(mode="json"), "shard": c.probe.shard_size,
+                "record": c.record.model_dump(mode="json", exclude={"pixel_cache"}), "shard": c.probe.shard_size,
                 "preprocess": model.config.model_dump(mode="json", include={"image_size", "mean", "std"}),
             })
             for layer in layers
@@ -222,31 +233,59 @@ class _Job:
         pending = [layer for layer in layers if not self._skip("RECORD", datasets[layer], hashes[layer])]
         if not pending:
             return hashes
-        started = time.perf_counter()
         kept = [set(datasets[layer].begin(hashes[layer])) for layer in pending]
         todo = self._todo(sorted(set.intersection(*kept)))
-        rows = 0
+        cache = self._pixel_cache(model)
+        started = time.perf_counter()
+        rows, filled = 0, 0
         clock = _Throughput(started)
+        position = {im.image_id: i for i, im in enumerate(self.probe.images)}
+        loader = ChunkSource(self.handle, model.preprocess, cache[2] if cache else None)
         with self._progress(f"RECORD {model.config.label}", todo) as advance:
             for shard in run_chunks(
-                self.probe, c.probe.shard_size, todo, c.record.batch_size, model.preprocess, ActivationRecorder,
+                self.probe, c.probe.shard_size, todo, c.record.batch_size, loader, ActivationRecorder,
                 {"spec": model.config.spec(), "layers": pending, "conv_pool": c.record.conv_pool,
                  "token_pool": c.record.token_pool, "seed": c.seed, "competition": c.record.competition},
-                self.pool, c.probe.failure_budget, clock.wrap(advance), opener=c.probe,
+                self.pool, c.probe.failure_budget, clock.wrap(advance),
             ):
                 for i, layer in enumerate(pending):
                     acts = shard.outputs.get(f"layer{i}", np.zeros((0, 0), np.float32))
                     datasets[layer].write_part(shard.shard, _activation_table(
                         shard.image_ids, acts, model.block_sizes[layer], layer, model, c.record.conv_pool))
+                if cache and shard.shard not in cache[2].cached and ("raw" in shard.outputs or not shard.image_ids):
+                    raw = shard.outputs.get("raw", np.zeros((0, 1, 1, 3), np.uint8))
+                    cache[0].write_part(shard.shard, pixel_table(
+                        shard.image_ids, [position[i] for i in shard.image_ids], raw,
+                        [(i, why, position[i]) for i, why in shard.failed]), row_group_size=PIXEL_ROW_GROUP, compression="none")
+                    filled += 1
                 rows += len(shard.image_ids)
                 self._failed(shard.failed)
+        pixels = "decoded"
+        if cache:
+            dataset, key, pixel_cache = cache
+            if not dataset.missing_parts(range(self.n_shards)) and not dataset.is_complete(key):
+                dataset.commit(key, self._rows(dataset), head=[repr(step) for step in pixel_cache.format.head])
+            read = len([s for s in todo if s in pixel_cache.cached])
+            pixels = {"cache": dataset.relative, "shards_read": read, "shards_decoded": len(todo) - read, "shards_cached": filled}
         for layer in pending:
             units = self._units(datasets[layer])
             datasets[layer].commit(hashes[layer], self._rows(datasets[layer]), units=units,
                                    block_size=model.block_sizes[layer], checkpoint_id=model.checkpoint_id)
         self.record.stage("RECORD", f"{model.config.label}: {', '.join(pending)}", "done", time.perf_counter() - started,
-                          shards=len(todo), rows=rows, **clock.summary())
+                          shards=len(todo), rows=rows, pixels=pixels, **clock.summary())
         return hashes
+
+    def _pixel_cache(self, model: _Model) -> tuple[Dataset, str, PixelCache] | None:
+        """The store's decoded pixels for this model's preprocessing head (``None``: not cacheable, or
+        ``record.pixel_cache`` is off), begun for this probe set: the shards already there are read,
+        the others are decoded and written as RECORD goes."""
+        c = self.config
+        pixel_format = split_preprocess(model.preprocess) if c.record.pixel_cache else None
+        if pixel_format is None or pixel_format.id is None:
+            return None
+        dataset = self.store.pixels(self.probe_id, pixel_format.id)
+        key = config_hash({"probe": self.probe_id, "pixels": pixel_format.id, "shard": c.probe.shard_size})
+        return dataset, key, PixelCache(self.store.root, dataset.relative, pixel_format, frozenset(dataset.begin(key)))
 
     # -- REDUCE ----------------------------------------------------------------------------------
     def _reduce(self, model: _Model, layer: str, activation_hash: str, sources: list[_Source]) -> list[LabelEntry]:
@@ -332,6 +371,11 @@ class _Job:
         resources = connect(self.config.ray)
         self.record.data["cluster"] = {"cpus": resources.cpus, "gpus": resources.gpus}
         return resources
+
+    @functools.cached_property
+    def handle(self) -> ProbeHandle:
+        """What actors open the probe set from (its config, checked against the driver's copy)."""
+        return ProbeHandle.of(self.config.probe, self.probe)
 
     @functools.cached_property
     def pool(self) -> Pool:

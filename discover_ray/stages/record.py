@@ -10,6 +10,7 @@ import torch
 from discover_ray.cvn import lwta_modules, seed_examples, set_deterministic
 from discover_ray.models import ModelSpec, load_model
 from discover_ray.record import ConvPool, TokenPool, record_activations
+from discover_ray.stages.inference import carried
 
 
 def image_seed(seed: int, image_id: str) -> int:
@@ -40,7 +41,7 @@ class ActivationRecorder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = np.asarray(batch["pixels"][0])
-        out = {k: batch[k] for k in ("shard", "chunk", "image_ids", "failed")}
+        out = carried(batch)
         if len(pixels) == 0:
             return out
         # batches may be read-only object-store views: copy before handing them to torch

@@ -50,6 +50,10 @@ class Store:
     def concept_embeddings(self, encoder_id: str, concept_set_id: str) -> Dataset:
         return self.dataset(f"embeddings/{encoder_id}/concepts/{concept_set_id}")
 
+    def pixels(self, probe_id: str, format_id: str) -> Dataset:
+        """Decoded probe images in one preprocessing's input geometry (``probe.pixels.PixelFormat``)."""
+        return self.dataset(f"pixels/{probe_id}/{format_id}")
+
     def activations(self, checkpoint_id: str, probe_id: str, layer: str) -> Dataset:
         return self.dataset(f"activations/{checkpoint_id}/{probe_id}/{_safe(layer)}")
 
@@ -108,11 +112,12 @@ class Dataset:
     def part_name(self, index: int) -> str:
         return f"part-{index:05d}.parquet"
 
-    def write_part(self, index: int, table: pa.Table) -> None:
-        """Write (or replace) part ``index`` atomically; the dataset is marked incomplete first."""
+    def write_part(self, index: int, table: pa.Table, **write_options: Any) -> None:
+        """Write (or replace) part ``index`` atomically; the dataset is marked incomplete first.
+        ``write_options`` go to ``pyarrow.parquet.write_table`` (row group size, compression)."""
         self.invalidate()
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
+        pq.write_table(table, sink, **write_options)
         self.store.write_bytes(f"{self.relative}/{self.part_name(index)}", sink.getvalue().to_pybytes())
 
     def parts(self) -> list[int]:

@@ -58,9 +58,11 @@ def test_resnet20_report_shows_its_thumbnails_in_chromium(resnet20_run, chromium
     linear = next(p for p in report.layers if "linear" in p)
     chromium.get((report.folder / linear).resolve().as_uri())
     WebDriverWait(chromium, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    chromium.execute_script("document.querySelectorAll('.card').forEach(c => c.scrollIntoView())")
+    WebDriverWait(chromium, 20).until(  # lazy thumbnails load asynchronously once scrolled into view
+        lambda d: d.execute_script("return Array.from(document.querySelectorAll('.thumbs img')).every(i => i.complete)"))
     state = chromium.execute_script(
         "const cards = Array.from(document.querySelectorAll('.card'));"
-        "cards.forEach(c => c.scrollIntoView());"
         "return cards.map(c => [c.querySelector('.label').firstChild.textContent.trim(),"
         "  Array.from(c.querySelectorAll('.thumbs img')).map(i => i.complete && i.naturalWidth === 32)])")
     assert sorted(label for label, _ in state) == CLASSES  # one card per class unit, labelled with its class

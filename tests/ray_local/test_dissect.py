@@ -23,6 +23,8 @@ def test_end_to_end_writes_the_layout_and_labels(world_folder, tmp_path):
     run = load_run(store, result.run_id)
     assert run["status"] == "succeeded" and run["probe"]["images"] == 72 and run["probe"]["shards"] == 5
     assert {s["stage"] for s in run["stages"]} == {"PREPARE", "EMBED", "RECORD", "REDUCE"}
+    (record,) = [s for s in run["stages"] if s["stage"] == "RECORD"]
+    assert record["pixels"]["shards_decoded"] == 5 and record["pixels"]["shards_cached"] == 5
 
     checkpoint = run["models"]["tiny_cnn"]["checkpoint_id"]
     probe_id = run["probe"]["id"]
@@ -64,6 +66,7 @@ def test_rerun_skips_everything_and_a_deleted_shard_is_all_that_is_redone(world_
     resumed = dissect(config, console=QUIET)
     record = [s for s in resumed.recomputed if s["stage"] == "RECORD"]
     assert len(record) == 1 and record[0]["shards"] == 1 and record[0]["rows"] == 16
+    assert record[0]["pixels"]["shards_read"] == 1  # from the pixels the first run decoded: the same activations
     assert not [s for s in resumed.recomputed if s["stage"] in ("EMBED",)]
     assert snapshot(tmp_path / "runs") == before  # bit-identical parts, labels and markers
 
