@@ -128,10 +128,12 @@ def carried(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class PixelCache:
-    """Where a preprocessing's decoded pixels live in the store, and which shards are there already."""
+    """Where a preprocessing's decoded pixels live in the store (the dataset ``relative`` begun for
+    ``key``), and which of its shards are there already."""
 
     store_root: str
     relative: str
+    key: str
     format: PixelFormat
     cached: frozenset[int]
 

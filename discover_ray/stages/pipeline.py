@@ -240,7 +240,7 @@ class _Job:
         rows, filled = 0, 0
         clock = _Throughput(started)
         position = {im.image_id: i for i, im in enumerate(self.probe.images)}
-        loader = ChunkSource(self.handle, model.preprocess, cache[2] if cache else None)
+        loader = ChunkSource(self.handle, model.preprocess, cache)
         with self._progress(f"RECORD {model.config.label}", todo) as advance:
             for shard in run_chunks(
                 self.probe, c.probe.shard_size, todo, c.record.batch_size, loader, ActivationRecorder,
@@ -252,21 +252,21 @@ class _Job:
                     acts = shard.outputs.get(f"layer{i}", np.zeros((0, 0), np.float32))
                     datasets[layer].write_part(shard.shard, _activation_table(
                         shard.image_ids, acts, model.block_sizes[layer], layer, model, c.record.conv_pool))
-                if cache and shard.shard not in cache[2].cached and ("raw" in shard.outputs or not shard.image_ids):
+                if cache and shard.shard not in cache.cached and ("raw" in shard.outputs or not shard.image_ids):
                     raw = shard.outputs.get("raw", np.zeros((0, 1, 1, 3), np.uint8))
-                    cache[0].write_part(shard.shard, pixel_table(
+                    self.store.dataset(cache.relative).write_part(shard.shard, pixel_table(
                         shard.image_ids, [position[i] for i in shard.image_ids], raw,
                         [(i, why, position[i]) for i, why in shard.failed]), row_group_size=PIXEL_ROW_GROUP, compression="none")
                     filled += 1
                 rows += len(shard.image_ids)
                 self._failed(shard.failed)
-        pixels = "decoded"
+        pixels: str | dict[str, Any] = "decoded"
         if cache:
-            dataset, key, pixel_cache = cache
-            if not dataset.missing_parts(range(self.n_shards)) and not dataset.is_complete(key):
-                dataset.commit(key, self._rows(dataset), head=[repr(step) for step in pixel_cache.format.head])
-            read = len([s for s in todo if s in pixel_cache.cached])
-            pixels = {"cache": dataset.relative, "shards_read": read, "shards_decoded": len(todo) - read, "shards_cached": filled}
+            dataset = self.store.dataset(cache.relative)
+            if not dataset.missing_parts(range(self.n_shards)) and not dataset.is_complete(cache.key):
+                dataset.commit(cache.key, self._rows(dataset), head=[repr(step) for step in cache.format.head])
+            read = len([s for s in todo if s in cache.cached])
+            pixels = {"cache": cache.relative, "shards_read": read, "shards_decoded": len(todo) - read, "shards_cached": filled}
         for layer in pending:
             units = self._units(datasets[layer])
             datasets[layer].commit(hashes[layer], self._rows(datasets[layer]), units=units,
@@ -275,7 +275,7 @@ class _Job:
                           shards=len(todo), rows=rows, pixels=pixels, **clock.summary())
         return hashes
 
-    def _pixel_cache(self, model: _Model) -> tuple[Dataset, str, PixelCache] | None:
+    def _pixel_cache(self, model: _Model) -> PixelCache | None:
         """The store's decoded pixels for this model's preprocessing head (``None``: not cacheable, or
         ``record.pixel_cache`` is off), begun for this probe set: the shards already there are read,
         the others are decoded and written as RECORD goes."""
@@ -285,7 +285,7 @@ class _Job:
             return None
         dataset = self.store.pixels(self.probe_id, pixel_format.id)
         key = config_hash({"probe": self.probe_id, "pixels": pixel_format.id, "shard": c.probe.shard_size})
-        return dataset, key, PixelCache(self.store.root, dataset.relative, pixel_format, frozenset(dataset.begin(key)))
+        return PixelCache(self.store.root, dataset.relative, key, pixel_format, frozenset(dataset.begin(key)))
 
     # -- REDUCE ----------------------------------------------------------------------------------
     def _reduce(self, model: _Model, layer: str, activation_hash: str, sources: list[_Source]) -> list[LabelEntry]:

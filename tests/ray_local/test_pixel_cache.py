@@ -37,7 +37,7 @@ def test_a_cached_chunk_equals_the_decoded_chunk(probe, tmp_path):
     pixel_format = split_preprocess(TRANSFORM)
     store = Store(str(tmp_path / "store"))
     dataset = store.pixels("probe", pixel_format.id)
-    cache = PixelCache(store.root, dataset.relative, pixel_format, frozenset())
+    cache = PixelCache(store.root, dataset.relative, "key", pixel_format, frozenset())
     decoded = ChunkSource(probe, TRANSFORM, cache)(chunk(0, len(probe)))
     ids = decoded["image_ids"][0].split("\n")
     failed = json.loads(decoded["failed"][0])
@@ -48,7 +48,7 @@ def test_a_cached_chunk_equals_the_decoded_chunk(probe, tmp_path):
     dataset.write_part(0, pixel_table(ids, [position[i] for i in ids], raw, [(i, why, position[i]) for i, why in failed]),
                        row_group_size=PIXEL_ROW_GROUP, compression="none")
 
-    reader = ChunkSource(probe, TRANSFORM, PixelCache(store.root, dataset.relative, pixel_format, frozenset({0})))
+    reader = ChunkSource(probe, TRANSFORM, PixelCache(store.root, dataset.relative, "key", pixel_format, frozenset({0})))
     uncached = ChunkSource(probe, TRANSFORM)  # the plain per-image transform, no cache at all
     for start, stop in ((0, len(probe)), (10, 40), (250, 290), (96, 106)):
         got, want = reader(chunk(start, stop)), uncached(chunk(start, stop))
