@@ -53,7 +53,7 @@ def ray_head(tmp_path) -> Iterator[tuple[str, dict[str, str]]]:
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=10)  # a graceful stop can take half a minute; nothing of the head is needed after
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
