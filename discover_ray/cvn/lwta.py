@@ -32,6 +32,7 @@ __all__ = [
     "LWTA",
     "FALLBACKS",
     "lwta_modules",
+    "competition_signature",
     "seed_sampling",
     "seed_examples",
     "set_deterministic",
@@ -505,6 +506,16 @@ def _block_kl_grad(
 def lwta_modules(model: nn.Module) -> list[tuple[str, LWTA]]:
     """The model's LWTA modules with their names, in registration order (a shared module once)."""
     return [(name, module) for name, module in model.named_modules() if isinstance(module, LWTA)]
+
+
+def competition_signature(model: nn.Module) -> str | None:
+    """What makes a network competitive, as text: each LWTA module's name, U, τ, axis and fallback
+    (``None`` when it has none). The same weights load into a network and its CVN twin, so a weights
+    hash alone does not say which of the two produced an output; this does."""
+    modules = lwta_modules(model)
+    if not modules:
+        return None
+    return ";".join(f"{name}:U={m.competitors},tau={m.tau!r},dim={m.dim},{m.fallback}" for name, m in modules)
 
 
 def seed_sampling(model: nn.Module, seed: int | None) -> None:

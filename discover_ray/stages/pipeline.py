@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from discover_ray.concepts import ConceptSet, load_concepts
 from discover_ray.config import ClipConcepts, DissectConfig, LabelConcepts, ModelConfig
-from discover_ray.cvn import lwta_modules
+from discover_ray.cvn import competition_signature, lwta_modules
 from discover_ray.cvn.blocks import competition_blocks
 from discover_ray.encoders.clip import check_clip
 from discover_ray.encoders.labels import label_concept_scores
@@ -159,8 +159,15 @@ class _Job:
         checkpoint_id = loaded.checkpoint_id or content_id(
             "model\0" + config_hash({**model.model_dump(mode="json", exclude={"alias", "layers"}), "seed": self.config.seed})
         )
+        competition = competition_signature(loaded.model)
+        if loaded.checkpoint_id and competition:
+            # a weights file also loads into the twin without competition (and a ReLU network's into its
+            # CVN): outputs of the CVN are stored under the weights' hash combined with its competition
+            checkpoint_id = content_id(f"{loaded.checkpoint_id}\0{competition}")
         block_sizes = competition_blocks(loaded.model, modules, self._example(loaded.preprocess))
         self.record.data["models"][model.label] = {"checkpoint_id": checkpoint_id, "spec": model.model_dump(mode="json")}
+        if loaded.checkpoint_id:
+            self.record.data["models"][model.label]["weights_sha256"] = loaded.checkpoint_id
         competing = lwta_modules(loaded.model)
         if competing:  # how the stochastic layers were recorded: one pass per image, seeded from (seed, image_id)
             self.record.data["models"][model.label]["competition"] = {

@@ -29,6 +29,10 @@ def resnet20_run(tmp_path_factory):
             "name": "cifar_resnet20",
             "checkpoint": str(shared / "models/cifar10-resnet/resnet20-12fca82f.th"),
             "layers": ["layer3", "linear"],
+        }, {  # its CVN twin, from the same weights file
+            "name": "cifar_resnet20_cvn2",
+            "checkpoint": str(shared / "models/cifar10-resnet/resnet20-12fca82f.th"),
+            "layers": ["linear"],
         }],
         "concepts": [{"kind": "labels"}],
         "reduce": {"methods": ["soft_wpmi"]},
@@ -42,11 +46,22 @@ def resnet20_run(tmp_path_factory):
 def test_resnet20_linear_units_are_their_classes(resnet20_run):
     config, result, printed = resnet20_run
     assert "neuron identification cifar_resnet20/linear (soft_wpmi, labels): top-1 100%" in printed
-    (ident,) = result.identification
+    ident = next(i for i in result.identification if i["model"] == "cifar_resnet20")
     assert ident["top1"] == 1.0 and ident["units"] == 10
-    (_, table), = read_labels(config.store, result.run_id, "linear")
+    (_, table), = read_labels(config.store, result.run_id, "linear", model="cifar_resnet20")
     top = {row["unit"]: row["concept"] for row in table.to_pylist() if row["rank"] == 0}
     assert top == {f"u{i:05d}": name for i, name in enumerate(CLASSES)}
+
+
+def test_the_cvn_twin_of_the_same_weights_is_another_model_and_reads_the_decoded_pixels(resnet20_run):
+    _, result, _ = resnet20_run
+    models = result.record["models"]
+    relu, cvn = models["cifar_resnet20"], models["cifar_resnet20_cvn2"]
+    assert relu["weights_sha256"] == cvn["weights_sha256"] == relu["checkpoint_id"]  # the file's sha256
+    assert cvn["checkpoint_id"] != relu["checkpoint_id"]  # its outputs are stored apart from the ReLU network's
+    first, second = (s for s in result.record["stages"] if s["stage"] == "RECORD")
+    assert first["pixels"]["shards_decoded"] == first["pixels"]["shards_cached"] == 2
+    assert second["pixels"]["shards_read"] == 2 and second["pixels"]["shards_decoded"] == 0
 
 
 @pytest.mark.browser
