@@ -1,4 +1,8 @@
-"""Sharded batch inference over a probe set with Ray Data: read+decode tasks feed an actor pool.
+"""Sharded batch inference over a probe set with Ray Data: chunk loaders feed an actor pool.
+
+A chunk is loaded by decoding its images or by reading them, already decoded, from the store's pixel
+cache (``ChunkSource``): on GPU nodes in loader actors of their own, on CPU-only clusters inside the
+inference actor.
 
 The unit of work is a fixed chunk of a shard (``batch_size`` images in id order), so a model always
 sees the same batches whatever ran before, on whichever actor: outputs are bit-identical across
