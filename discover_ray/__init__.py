@@ -1,1 +1,59 @@
-__version__ = "0.1.0"
+"""discover-ray: dissect vision networks and train competitive (LWTA) vision networks, at scale, on Ray.
+
+The public API (the CLI, ``jobs/`` and the benchmarks use only these)::
+
+    import discover_ray as dr
+    result = dr.dissect(dr.load_config("jobs/configs/cifar10_resnet20.yaml"))   # executor="local": no Ray
+    (entry, labels), *_ = dr.read_labels(result.store, result.run_id, "linear", method="soft_wpmi")
+    dr.build_report(result.store, result.run_id)
+    trained = dr.train(dr.load_train_config("jobs/configs/train_cifar_resnet20_cvn2.yaml"))
+
+Names are imported on first use, so ``import discover_ray`` is cheap and never imports Ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.2.0"
+
+_API = {
+    "load_config": "discover_ray.config",
+    "DissectConfig": "discover_ray.config",
+    "dissect": "discover_ray.dissection",
+    "DissectResult": "discover_ray.dissection",
+    "run_identity": "discover_ray.dissection",
+    "load_train_config": "discover_ray.train.config",
+    "TrainConfig": "discover_ray.train.config",
+    "train": "discover_ray.train",
+    "load_run": "discover_ray.runs",
+    "load_attempts": "discover_ray.runs",
+    "read_labels": "discover_ray.runs",
+    "RunRecord": "discover_ray.runs",
+    "build_report": "discover_ray.report",
+    "explain_image": "discover_ray.analyze",
+    "layer_sparsity": "discover_ray.analyze",
+    "compare_runs": "discover_ray.analyze",
+    "collect_garbage": "discover_ray.gc",
+    "register_method": "discover_ray.methods",
+    "register_source": "discover_ray.sources",
+    "register_family": "discover_ray.models",
+    "DiscoverError": "discover_ray.errors",
+    "Store": "discover_ray.store",
+}
+_RENAMED = {"collect_garbage": "collect"}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'discover_ray' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -27,7 +28,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = None,
 ) -> None:
     """discover-ray command line."""
@@ -48,21 +49,26 @@ def demo(
         return
     import time
 
-    import ray
+    def run() -> int:
+        from discover_ray.demo.loop import run_loop
+        from discover_ray.on_ray.cluster import shutdown
 
-    from jobs.world_loop import run_loop
+        began = time.perf_counter()
+        result = run_loop(root, seed=seed, console=console)
+        shutdown()  # the cluster's own messages end here, before the summary
+        _print_loop(result, method, units)
+        console.print(f"done in {time.perf_counter() - began:.0f} s ("
+                      + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()) + ")")
+        console.print(f"configs: {result.root / 'configs'} (edit one and re-run it with `discover dissect` or "
+                      "`discover train`)", highlight=False)
+        console.print(f"report: {result.reports['cnn_cvn2']}", highlight=False)
+        return 0
 
-    began = time.perf_counter()
-    result = run_loop(root, seed=seed, console=console)
-    ray.shutdown()  # the cluster's own messages end here, before the summary
-    _print_loop(result, method, units)
-    console.print(f"done in {time.perf_counter() - began:.0f} s ("
-                  + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()) + ")")
-    console.print(f"report: {result.reports['cnn_cvn2']}", highlight=False)
+    raise typer.Exit(_user_errors(run))
 
 
 def _print_loop(result, method: str, units: int) -> None:
-    from discover_ray.runs import read_labels
+    from discover_ray import load_run, read_labels
 
     shots = Table(title="tiny CLIP: zero-shot accuracy on held-out world images")
     for family in result.zero_shot:
@@ -73,8 +79,8 @@ def _print_loop(result, method: str, units: int) -> None:
     for column in ("model", "val top-1", "labels", "tiny CLIP"):
         ident.add_column(column, justify="right" if column != "model" else "left")
     for name, target in result.targets.items():
-        run = _run(result.store, target["run_id"])
-        found = {i["source"].split(":")[0]: i["top1"] for i in run["identification"] if i["method"] == method}
+        run = load_run(result.store, target["run_id"])
+        found = {i.source.split(":")[0]: i.top1 for i in run.identification if i.method == method}
         ident.add_row(name, f"{target['val_top1']:.1%}", f"{found.get('labels', 0):.0%}", f"{found.get('clip', 0):.0%}")
     console.print(ident)
     run_id = result.targets["cnn_cvn2"]["run_id"]
@@ -82,24 +88,13 @@ def _print_loop(result, method: str, units: int) -> None:
     for column in ("layer", "unit", "concept", "score", "runners-up"):
         neurons.add_column(column)
     for layer in ("relu3", "fc"):
-        (entry, table), *_ = [(e, t) for e, t in read_labels(result.store, run_id, layer, method=method)
-                               if e.source.startswith("clip")]
-        rows = table.to_pylist()
-        unit_names = list(dict.fromkeys(r["unit"] for r in rows))
-        for unit in unit_names[: (len(unit_names) if layer == "fc" else units)]:
-            ranked = sorted((r for r in rows if r["unit"] == unit), key=lambda r: r["rank"])
-            neurons.add_row(layer, unit, ranked[0]["concept"], f"{ranked[0]['score']:.3f}",
-                            ", ".join(r["concept"] for r in ranked[1:3]))
+        (_, labels), *_ = [(e, t) for e, t in read_labels(result.store, run_id, layer, method=method)
+                           if e.source.startswith("clip")]
+        ranked = labels.ranked()
+        for unit in list(ranked)[: (len(ranked) if layer == "fc" else units)]:
+            concepts = ranked[unit]
+            neurons.add_row(layer, unit, concepts[0][0], f"{concepts[0][1]:.3f}", ", ".join(c for c, _ in concepts[1:3]))
     console.print(neurons)
-
-
-def _run(store: str, run_id: str) -> dict:
-    from discover_ray.runs import load_run
-    from discover_ray.store import Store
-
-    run = load_run(Store(store), run_id)
-    assert run is not None
-    return run
 
 
 def _quick_demo(seed: int, method: str, units: int) -> None:
@@ -153,56 +148,64 @@ def concepts(
 ) -> None:
     """Load and clean a concept set; print its id, size, what cleaning dropped, and its first concepts."""
     from discover_ray.concepts import load_concepts
+    from discover_ray.errors import DiscoverError
 
     try:
         concept_set = load_concepts(source)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+    except DiscoverError as err:
+        raise typer.Exit(_print_error(err)) from None
     console.print(f"{concept_set.name}: {len(concept_set)} concepts, id {concept_set.id}")
     console.print(f"cleaning: {concept_set.report.summary()}")
     for text in concept_set.concepts[:show]:
         console.print(f"  {text}")
 
 
-# Bad input the jobs report as one line (config, probe-set and checkpoint errors are ValueErrors).
-USER_ERRORS = (KeyError, ValueError, FileNotFoundError, RuntimeError)
-
-
 def _print_error(err: Exception) -> int:
-    message = err.args[0] if isinstance(err, KeyError) and err.args else err
-    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
     return 2
 
 
-def run_dissect(config_path: str, address: str | None = None, store: str | None = None) -> int:
-    """Load, run, and report a dissection; bad input prints one clear error line and returns 2."""
-    from discover_ray.config import load_config
+def _user_errors(run: Callable[[], int | None]) -> int:
+    """Runs a command; a ``DiscoverError`` (bad input) is printed as one line and exits 2, anything else is a
+    bug and shows its traceback."""
+    from discover_ray.errors import DiscoverError
 
     try:
+        return run() or 0
+    except DiscoverError as err:
+        return _print_error(err)
+
+
+def run_dissect(config_path: str, address: str | None = None, store: str | None = None, local: bool = False) -> int:
+    """Load, run, and report a dissection; bad input prints one clear error line and returns 2."""
+
+    def run() -> int:
+        from discover_ray import dissect, load_config
+
         config = load_config(config_path, store=store)
         if address:
             config = config.model_copy(update={"ray": config.ray.model_copy(update={"address": address})})
-        from discover_ray.stages.pipeline import dissect as run
+        result = dissect(config, executor="local" if local else "ray", console=console)
+        ran = [s for s in result.recomputed if s.stage != "PREPARE"]
+        summary = f"{len(ran)} stages in {sum(s.seconds for s in ran):.1f} s" if ran else "nothing to recompute, all stages were done"
+        console.print(f"run {result.run_id} done in {result.store}: {summary}", highlight=False)
+        layers = sorted({e.layer for e in result.labels})
+        console.print(f"labels: discover labels {result.run_id} --store {result.store} --layer "
+                      f"{layers[-1] if layers else 'LAYER'}", highlight=False)
+        return 0
 
-        result = run(config, console=console)
-    except USER_ERRORS as err:
-        return _print_error(err)
-    ran = ", ".join(f"{s['stage']} {s['seconds']:.1f} s" for s in result.recomputed if s["stage"] != "PREPARE")
-    console.print(f"run {result.run_id} done in {result.store}: {ran or 'nothing to recompute, all stages were done'}")
-    layers = sorted({e.layer for e in result.labels})
-    console.print(f"labels: discover labels {result.run_id} --store {result.store} --layer {layers[-1] if layers else 'LAYER'}")
-    return 0
+    return _user_errors(run)
 
 
 @app.command()
 def dissect(
     config: Annotated[str, typer.Argument(help="Dissection config (YAML); see jobs/configs/.")],
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default RAY_ADDRESS or a local cluster.")] = None,
-    store: Annotated[Optional[str], typer.Option(help="Output root (path or s3://...), overriding the config.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address; default RAY_ADDRESS or a local cluster.")] = None,
+    store: Annotated[str | None, typer.Option(help="Output root (path or s3://...), overriding the config.")] = None,
+    local: Annotated[bool, typer.Option("--local", help="Run every stage in this process, without Ray (debugging, small runs).")] = False,
 ) -> None:
-    """Dissect the configured checkpoints on Ray: EMBED → RECORD → REDUCE, resuming what is done."""
-    raise typer.Exit(run_dissect(config, address, store))
+    """Dissect the configured checkpoints: EMBED → DECODE → RECORD → REDUCE, resuming what is done."""
+    raise typer.Exit(run_dissect(config, address, store, local))
 
 
 @app.command()
@@ -211,18 +214,21 @@ def submit(
     address: Annotated[str, typer.Option(help="Ray dashboard address, e.g. http://127.0.0.1:8265.")],
     wait: Annotated[bool, typer.Option(help="Wait for the job and print its log.")] = True,
 ) -> None:
-    """Submit a dissection as a Ray job (deterministic id: the same config attaches to the same job)."""
-    from discover_ray.config import ConfigError, load_config
-    from discover_ray.stages.submit import submit as run_submit
+    """Submit a dissection as a Ray job, named by its content: the same dissection attaches to the same job."""
+    status: list[str] = []
 
-    try:
+    def run() -> int:
+        from discover_ray import load_config
+        from discover_ray.dissection import run_identity
+        from discover_ray.on_ray.submit import submit as submit_job
+
         resolved = load_config(config)
-    except ConfigError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
-    status = run_submit(resolved, address, console, wait=wait)
-    console.print(f"job {resolved.submission_id}: {status}")
-    raise typer.Exit(0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else 1)
+        identity = run_identity(resolved)
+        status.append(submit_job(resolved, identity.run_id, address, console, wait=wait))
+        console.print(f"job dissect-{identity.run_id}: {status[0]}", highlight=False)
+        return 0 if status[0] in ("SUCCEEDED", "PENDING", "RUNNING") else 1
+
+    raise typer.Exit(_user_errors(run))
 
 
 @app.command()
@@ -230,69 +236,67 @@ def labels(
     run: Annotated[str, typer.Argument(help="Run id (printed by `discover dissect`).")],
     layer: Annotated[str, typer.Option(help="Layer name, as in the config.")],
     store: Annotated[str, typer.Option(help="Output root the run was written to.")] = "./discover-runs",
-    method: Annotated[Optional[str], typer.Option(help="Only this similarity method.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Only this model (its alias or name).")] = None,
+    method: Annotated[str | None, typer.Option(help="Only this method.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model (its alias or name).")] = None,
     units: Annotated[int, typer.Option(help="Units to show per table (0: all).")] = 20,
 ) -> None:
     """Print a layer's concept labels: each unit's best concept, its score and the runners-up."""
-    from discover_ray.runs import read_labels
 
-    try:
-        tables = read_labels(store, run, layer, method=method, model=model)
-    except (FileNotFoundError, KeyError) as err:
-        raise typer.Exit(_print_error(err)) from None
-    for entry, table in tables:
-        rows = table.to_pylist()
-        by_unit: dict[str, list[dict]] = {}
-        for row in rows:
-            by_unit.setdefault(row["unit"], []).append(row)
-        view = Table(title=f"{entry.model} / {layer}: {entry.method} over {entry.source}")
-        for name, justify in (("unit", "right"), ("concept", "left"), ("score", "right"), ("runners-up", "left")):
-            view.add_column(name, justify=justify)  # type: ignore[arg-type]
-        shown = list(by_unit.items()) if units == 0 else list(by_unit.items())[:units]
-        for unit, ranked in shown:
-            ranked.sort(key=lambda r: r["rank"])
-            view.add_row(unit, ranked[0]["concept"], f"{ranked[0]['score']:.4f}", ", ".join(r["concept"] for r in ranked[1:]))
-        console.print(view)
-        if len(shown) < len(by_unit):
-            console.print(f"({len(by_unit) - len(shown)} more units; --units 0 shows all)")
+    def show() -> int:
+        from discover_ray import read_labels
+
+        for entry, table in read_labels(store, run, layer, method=method, model=model):
+            ranked = table.ranked()
+            view = Table(title=f"{entry.model} / {layer}: {entry.method} over {entry.source}")
+            for name, justify in (("unit", "right"), ("concept", "left"), ("score", "right"), ("runners-up", "left")):
+                view.add_column(name, justify=justify)  # type: ignore[arg-type]
+            shown = list(ranked.items()) if units == 0 else list(ranked.items())[:units]
+            for unit, concepts in shown:
+                view.add_row(unit, concepts[0][0], f"{concepts[0][1]:.4f}", ", ".join(c for c, _ in concepts[1:]))
+            console.print(view)
+            if len(shown) < len(ranked):
+                console.print(f"({len(ranked) - len(shown)} more units; --units 0 shows all)")
+        return 0
+
+    raise typer.Exit(_user_errors(show))
 
 
 def run_train(config_path: str, address: str | None = None, storage_path: str | None = None, epochs: int | None = None) -> int:
     """Load, train (or resume), and report a training run; bad input prints one clear error line and returns 2."""
-    from discover_ray.train.config import load_train_config
 
-    try:
+    def run() -> int:
+        from discover_ray import load_train_config
+        from discover_ray import train as train_run
+
         config = load_train_config(config_path, storage_path=storage_path, epochs=epochs)
         if address:
             config = config.model_copy(update={"scaling": config.scaling.model_copy(update={"address": address})})
-        from discover_ray.train import train as run
+        result = train_run(config, console=console)
+        view = Table(title=f"{result.name}: {config.model.name}")
+        for column in ("epoch", "loss", "ce", "kl", "train top-1", "val top-1", "active fraction", "img/s"):
+            view.add_column(column, justify="right")
+        for row in result.history:
+            fractions = row["active_fraction"]
+            low, high = (min(fractions.values()), max(fractions.values())) if fractions else (1.0, 1.0)
+            active = f"{low:.4f}" if round(low, 4) == round(high, 4) else f"{low:.4f}–{high:.4f}"
+            view.add_row(str(row["epoch"]), f"{row['loss']:.4f}", f"{row['ce']:.4f}", f"{row['kl']:.4f}",
+                         f"{row['train_top1']:.2%}", f"{row['val_top1']:.2%}" if "val_top1" in row else "–", active,
+                         f"{row['images_per_s']:.0f}")
+        console.print(view)
+        trained = (f"trained epochs {result.trained_epochs[0]}–{result.trained_epochs[-1]}" if result.trained_epochs
+                   else "nothing to train")
+        console.print(f"{trained}; checkpoint: {result.model_file}", highlight=False)
+        return 0
 
-        result = run(config, console=console)
-    except USER_ERRORS as err:
-        return _print_error(err)
-    view = Table(title=f"{result.name}: {config.model.name}")
-    for column in ("epoch", "loss", "ce", "kl", "train top-1", "val top-1", "active fraction", "img/s"):
-        view.add_column(column, justify="right")
-    for row in result.history:
-        fractions = row["active_fraction"]
-        low, high = (min(fractions.values()), max(fractions.values())) if fractions else (1.0, 1.0)
-        active = f"{low:.4f}" if round(low, 4) == round(high, 4) else f"{low:.4f}–{high:.4f}"
-        view.add_row(str(row["epoch"]), f"{row['loss']:.4f}", f"{row['ce']:.4f}", f"{row['kl']:.4f}",
-                     f"{row['train_top1']:.2%}", f"{row['val_top1']:.2%}" if "val_top1" in row else "–", active,
-                     f"{row['images_per_s']:.0f}")
-    console.print(view)
-    trained = f"trained epochs {result.trained_epochs[0]}–{result.trained_epochs[-1]}" if result.trained_epochs else "nothing to train"
-    console.print(f"{trained}; checkpoint: {result.model_file}")
-    return 0
+    return _user_errors(run)
 
 
 @app.command()
 def train(
     config: Annotated[str, typer.Argument(help="Training config (YAML); see jobs/configs/train_*.yaml.")],
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address; default RAY_ADDRESS or a local cluster.")] = None,
-    storage_path: Annotated[Optional[str], typer.Option(help="Checkpoint root (path or s3://...), overriding the config.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Train to this many epochs, overriding the config.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address; default RAY_ADDRESS or a local cluster.")] = None,
+    storage_path: Annotated[str | None, typer.Option(help="Checkpoint root (path or s3://...), overriding the config.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Train to this many epochs, overriding the config.")] = None,
 ) -> None:
     """Train a (competitive) vision network with Ray Train; a re-run with the same name resumes it."""
     raise typer.Exit(run_train(config, address, storage_path, epochs))
@@ -304,25 +308,27 @@ def explain_image_command(
     image: Annotated[str, typer.Option(help="The probe image's image_id.")],
     layer: Annotated[str, typer.Option(help="Layer name, as in the config.")],
     store: Annotated[str, typer.Option(help="Output root the run was written to.")] = "./discover-runs",
-    method: Annotated[Optional[str], typer.Option(help="Labels of this method (default: the first).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Only this model (its alias or name).")] = None,
+    method: Annotated[str | None, typer.Option(help="Labels of this method (default: the first).")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model (its alias or name).")] = None,
 ) -> None:
     """An image's active neurons in a layer (each block's winner in LWTA layers), with their concepts."""
-    from discover_ray.analyze import explain_image
 
-    try:
+    def show() -> int:
+        from discover_ray import explain_image
+
         result = explain_image(store, run, image, layer, method=method, model=model)
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        raise typer.Exit(_print_error(err)) from None
-    view = Table(title=f"{image}: {result.model} / {layer} ({result.method})")
-    for name in ("unit", "activation", "concept", "score"):
-        view.add_column(name, justify="left" if name in ("unit", "concept") else "right")
-    for row in result.table.to_pylist():
-        view.add_row(row["unit"], f"{row['activation']:.4f}", row["concept"] or "–",
-                     f"{row['score']:.4f}" if row["score"] is not None else "–")
-    console.print(view)
-    blocks = f", one per block of {result.block_size}" if result.block_size > 1 else ""
-    console.print(f"{result.count} of {result.units} units active ({result.fraction:.2%}{blocks})")
+        view = Table(title=f"{image}: {result.model} / {layer} ({result.method})")
+        for name in ("unit", "activation", "concept", "score"):
+            view.add_column(name, justify="left" if name in ("unit", "concept") else "right")
+        for row in result.table.to_pylist():
+            view.add_row(row["unit"], f"{row['activation']:.4f}", row["concept"] or "–",
+                         f"{row['score']:.4f}" if row["score"] is not None else "–")
+        console.print(view)
+        blocks = f", one per block of {result.block_size}" if result.block_size > 1 else ""
+        console.print(f"{result.count} of {result.units} units active ({result.fraction:.2%}{blocks})")
+        return 0
+
+    raise typer.Exit(_user_errors(show))
 
 
 @app.command()
@@ -330,20 +336,24 @@ def sparsity(
     run: Annotated[str, typer.Argument(help="Run id (printed by `discover dissect`).")],
     store: Annotated[str, typer.Option(help="Output root the run was written to.")] = "./discover-runs",
 ) -> None:
-    """Per layer, the mean ± std over the probe set of the fraction of active units (|a| > 1e-4; in LWTA layers, a ≠ 0)."""
-    from discover_ray.analyze import layer_sparsity
+    """Per layer, the mean ± std over the probe set of the fraction of active units (|a| > 1e-4; in LWTA layers,
+    a ≠ 0), of the recorded vector and, for LWTA layers, at every position of the unpooled output (1/U)."""
 
-    try:
-        rows = layer_sparsity(store, run)
-    except FileNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
-        raise typer.Exit(2) from None
-    view = Table(title=f"run {run}: active fraction per example")
-    for name in ("model", "layer", "U", "units", "mean ± std"):
-        view.add_column(name)
-    for model, layer, block, stats in rows:
-        view.add_row(model, layer, str(block), str(stats.units), f"{stats.mean:.4f} ± {stats.std:.4f}")
-    console.print(view)
+    def show() -> int:
+        from discover_ray.analyze import layer_sparsity
+
+        view = Table(title=f"run {run}: active fraction per example")
+        for name in ("model", "layer", "U", "units", "recorded (pooled)", "per position"):
+            view.add_column(name)
+        for row in layer_sparsity(store, run):
+            position = row.per_position
+            view.add_row(row.model, row.layer, str(row.block_size), str(row.pooled.units),
+                         f"{row.pooled.mean:.4f} ± {row.pooled.std:.4f}",
+                         f"{position.mean:.4f} ± {position.std:.4f}" if position else "–")
+        console.print(view)
+        return 0
+
+    raise typer.Exit(_user_errors(show))
 
 
 @app.command()
@@ -351,24 +361,25 @@ def compare(
     run_a: Annotated[str, typer.Argument(help="First run id.")],
     run_b: Annotated[str, typer.Argument(help="Second run id (the same architecture at another checkpoint).")],
     store: Annotated[str, typer.Option(help="Output root both runs were written to.")] = "./discover-runs",
-    method: Annotated[Optional[str], typer.Option(help="Only this method.")] = None,
+    method: Annotated[str | None, typer.Option(help="Only this method.")] = None,
     show: Annotated[int, typer.Option(help="Most-changed units to list per layer.")] = 5,
 ) -> None:
     """Label stability per layer between two checkpoints, and the units whose concept changed most."""
-    from discover_ray.analyze import compare_runs
 
-    try:
-        layers = compare_runs(store, run_a, run_b, method=method)
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        raise typer.Exit(_print_error(err)) from None
-    view = Table(title=f"label stability {run_a} → {run_b}")
-    for name in ("model", "layer", "method", "source", "stable", "most changed"):
-        view.add_column(name)
-    for c in layers:
-        moved = [r for r in c.changes.to_pylist() if r["concept_a"] != r["concept_b"]][:show]
-        view.add_row(c.model, c.layer, c.method, c.source, f"{c.stable}/{c.units} ({c.stability:.0%})",
-                     "; ".join(f"{r['unit']}: {r['concept_a']} → {r['concept_b']}" for r in moved) or "–")
-    console.print(view)
+    def run() -> int:
+        from discover_ray import compare_runs
+
+        view = Table(title=f"label stability {run_a} → {run_b}")
+        for name in ("model", "layer", "method", "source", "stable", "most changed"):
+            view.add_column(name)
+        for c in compare_runs(store, run_a, run_b, method=method):
+            moved = [r for r in c.changes.to_pylist() if r["concept_a"] != r["concept_b"]][:show]
+            view.add_row(c.model, c.layer, c.method, c.source, f"{c.stable}/{c.units} ({c.stability:.0%})",
+                         "; ".join(f"{r['unit']}: {r['concept_a']} → {r['concept_b']}" for r in moved) or "–")
+        console.print(view)
+        return 0
+
+    raise typer.Exit(_user_errors(run))
 
 
 @app.command()
@@ -376,31 +387,67 @@ def report(
     run: Annotated[str, typer.Argument(help="Run id (printed by `discover dissect`).")],
     store: Annotated[str, typer.Option(help="Output root the run was written to.")] = "./discover-runs",
     out: Annotated[
-        Optional[str], typer.Option(help="Report folder (default: runs/RUN/report in a local store, else ./discover-reports/RUN).")
+        str | None, typer.Option(help="Report folder: new, empty, or an earlier report's (default: runs/RUN/report "
+                                         "in a local store, else ./discover-reports/RUN).")
     ] = None,
-    method: Annotated[Optional[str], typer.Option(help="Labels shown on the cards (default: soft_wpmi if present).")] = None,
+    method: Annotated[str | None, typer.Option(help="Labels shown on the cards (default: soft_wpmi if present).")] = None,
     examples: Annotated[int, typer.Option(help="Example pages, spread evenly over the probe set.")] = 12,
     image: Annotated[
-        Optional[list[str]], typer.Option(help="An image_id to give an example page (repeatable; replaces --examples).")
+        list[str] | None, typer.Option(help="An image_id to give an example page (repeatable; replaces --examples).")
     ] = None,
     top_images: Annotated[int, typer.Option(help="Most-activating probe images per neuron card.")] = 8,
     twin: Annotated[
-        Optional[str], typer.Option(help="A twin run over the same probe set (e.g. the non-competitive twin of a CVN).")
+        str | None, typer.Option(help="A twin run over the same probe set (e.g. the non-competitive twin of a CVN).")
     ] = None,
 ) -> None:
     """Write a self-contained HTML report of a run: neuron cards per layer, example pages, plots, summary."""
-    from discover_ray.report import build_report
 
-    try:
+    def write() -> int:
+        from discover_ray import build_report
+
         result = build_report(store, run, out=out, method=method, examples=image or examples,
                               top_images=top_images, twin=twin)
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        raise typer.Exit(_print_error(err)) from None
-    for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    console.print(f"{len(result.layers)} layer pages, {len(result.examples)} example pages, "
-                  f"{result.thumbnails} thumbnails" + (", side by side with the twin run" if result.twin else ""))
-    console.print(f"report: {result.index.resolve()}", highlight=False)
+        for warning in result.warnings:
+            console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        console.print(f"{len(result.layers)} layer pages, {len(result.examples)} example pages, "
+                      f"{result.thumbnails} thumbnails" + (", side by side with the twin run" if result.twin else ""))
+        console.print(f"report: {result.index}", highlight=False)
+        return 0
+
+    raise typer.Exit(_user_errors(write))
+
+
+@app.command()
+def gc(
+    store: Annotated[str, typer.Option(help="The store to clean (a path or s3://...).")] = "./discover-runs",
+    apply: Annotated[bool, typer.Option("--apply", help="Remove the datasets listed (default: only list them).")] = False,
+) -> None:
+    """List the datasets no run record references (e.g. after a run folder was deleted); --apply removes them."""
+
+    def run() -> int:
+        from discover_ray.gc import collect
+
+        found = collect(store, apply=apply)
+        view = Table(title=f"{'removed' if apply else 'unreferenced'} datasets in {store}")
+        for name in ("dataset", "files", "size"):
+            view.add_column(name, justify="left" if name == "dataset" else "right")
+        for dataset in found.garbage:
+            view.add_row(dataset.path, str(dataset.files), _size(dataset.bytes))
+        console.print(view)
+        what = "removed" if apply else "can be removed (run again with --apply)"
+        console.print(f"{len(found.garbage)} of {found.datasets} datasets, {_size(found.garbage_bytes)}, {what}; "
+                      f"{found.referenced} referenced by {found.runs} runs", highlight=False)
+        return 0
+
+    raise typer.Exit(_user_errors(run))
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
 
 
 if __name__ == "__main__":

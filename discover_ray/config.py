@@ -1,54 +1,35 @@
 """Typed dissection configs: YAML in, a validated and resolved config out.
 
-Strings may name environment variables as ``${NAME}`` or ``${NAME:-default}`` (expanded by a plain
-pattern, never evaluated). Relative local paths resolve against the directory the job is started in
-and are stored absolute, so Ray workers (whose working directory may differ) and the run record see
-the same files. Unknown keys are errors that list the valid ones.
+Strings may name environment variables as ``${NAME}`` or ``${NAME:-default}`` (see ``config_files``).
+Relative local paths resolve against the directory the job is started in and are kept absolute, so Ray
+workers (whose working directory may differ) see the same files. Unknown keys are errors that list the
+valid ones; methods and concept-source kinds are checked against their registries.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal
 
 import fsspec
 import pyarrow.parquet as pq
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-from discover_ray.concepts import BUILTIN
-from discover_ray.encoders.clip import ClipSpec
+from discover_ray.config_files import Strict, absolute, expand_env, validate
+from discover_ray.errors import ConfigError, ProbeError
+from discover_ray.methods import ReduceSettings, get_method
 from discover_ray.models import ModelSpec
-from discover_ray.probe import ProbeError, ProbeSet
-from discover_ray.similarity import METHODS, resolve_params
-from discover_ray.store import DEFAULT_ROOT, config_hash
+from discover_ray.probe import ProbeSet
+from discover_ray.sources import SourceConfig, parse_source
+from discover_ray.store import DEFAULT_ROOT
 
-__all__ = ["ConfigError", "DissectConfig", "load_config", "expand_env", "validate"]
-
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(ValueError):
-    """The config file cannot be used; the message names the field and what is wrong."""
+__all__ = [
+    "ConfigError", "DissectConfig", "ModelConfig", "ProbeConfig", "RayConfig", "RecordConfig", "ReduceConfig",
+    "expand_env", "load_config",
+]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-_Config = TypeVar("_Config", bound=BaseModel)
-
-
-def _absolute(path: str | None) -> str | None:
-    """Local paths become absolute; URIs (``s3://…``) and built-in names stay as they are."""
-    if path is None or "://" in path:
-        return path
-    return str(Path(path).expanduser().resolve())
-
-
-class ProbeConfig(_Strict):
+class ProbeConfig(Strict):
     """Which images to show the models (see ``discover_ray.probe``)."""
 
     source: str
@@ -69,7 +50,7 @@ class ProbeConfig(_Strict):
     @field_validator("source")
     @classmethod
     def _resolve(cls, value: str) -> str:
-        return _absolute(value) or value
+        return absolute(value) or value
 
     def open(self) -> ProbeSet:
         """The probe set, with ``limit`` / ``sample`` applied; fails clearly if it is empty or unreadable."""
@@ -100,6 +81,10 @@ class ProbeConfig(_Strict):
             probe = probe.limit(self.limit)
         return probe
 
+    def identity(self) -> dict[str, Any]:
+        """What selects and cuts the images, without where they are (the probe id names their content)."""
+        return self.model_dump(mode="json", exclude={"source", "failure_budget"})
+
 
 def _probe_kind(source: str, image_column: str) -> str:
     fs, path = fsspec.core.url_to_fs(source)
@@ -114,8 +99,8 @@ def _probe_kind(source: str, image_column: str) -> str:
     return "parquet" if image_column in names else "manifest"
 
 
-class ModelConfig(_Strict):
-    """A target model: a built-in or timm ``name`` (or a ``module:function`` builder) plus weights."""
+class ModelConfig(Strict):
+    """A target model: a model-family name (or a ``module:function`` builder) plus weights and layers."""
 
     name: str
     alias: str | None = None
@@ -131,7 +116,15 @@ class ModelConfig(_Strict):
     @field_validator("checkpoint")
     @classmethod
     def _resolve(cls, value: str | None) -> str | None:
-        return _absolute(value)
+        return absolute(value)
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct(cls, layers: list[str]) -> list[str]:
+        repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
+        if repeated:
+            raise ValueError(f"layers {repeated} are listed more than once")
+        return layers
 
     @property
     def label(self) -> str:
@@ -140,39 +133,12 @@ class ModelConfig(_Strict):
     def spec(self) -> ModelSpec:
         return ModelSpec(**self.model_dump(exclude={"alias", "layers"}))
 
-
-class LabelConcepts(_Strict):
-    """P from the probe set's labels: one-hot classes, plus superclasses (a built-in table or a mapping)."""
-
-    kind: Literal["labels"] = "labels"
-    superclasses: str | dict[str, list[str]] | None = None
+    def identity(self) -> dict[str, Any]:
+        """The model without where its weights are (the checkpoint's sha256 names them)."""
+        return self.model_dump(mode="json", exclude={"checkpoint"})
 
 
-class ClipConcepts(_Strict):
-    """P from an open_clip encoder: image embeddings · concept-text embeddings."""
-
-    kind: Literal["clip"] = "clip"
-    model: str
-    pretrained: str | None = None
-    seed: int = 0
-    concepts: str
-    batch_size: int = Field(256, ge=1)
-
-    @field_validator("pretrained", "concepts")
-    @classmethod
-    def _resolve(cls, value: str | None) -> str | None:
-        if value is None or value in BUILTIN or "://" in value or not Path(value).expanduser().exists():
-            return value  # a tag or built-in name, or a file that will be reported missing
-        return _absolute(value)
-
-    def spec(self) -> ClipSpec:
-        return ClipSpec(self.model, self.pretrained, self.seed)
-
-
-ConceptSource = Annotated[LabelConcepts | ClipConcepts, Field(discriminator="kind")]
-
-
-class RecordConfig(_Strict):
+class RecordConfig(Strict):
     conv_pool: Literal["mean", "max"] = "mean"
     token_pool: Literal["cls", "mean", "max"] = "cls"
     competition: Literal["sample", "argmax"] = Field(
@@ -187,7 +153,7 @@ class RecordConfig(_Strict):
     )
 
 
-class ReduceConfig(_Strict):
+class ReduceConfig(Strict):
     methods: list[str] = Field(default_factory=lambda: ["soft_wpmi"], min_length=1)
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     top_k: int = Field(5, ge=1)
@@ -196,17 +162,17 @@ class ReduceConfig(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> ReduceConfig:
-        for method in self.methods:
-            if method not in METHODS:
-                raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        for method in [*self.methods, *self.params]:
+            get_method(method)  # unknown: an error that lists the registered methods
         for method, params in self.params.items():
-            if method not in METHODS:
-                raise ValueError(f"params given for unknown method {method!r}; choose from {', '.join(METHODS)}")
-            resolve_params(method, params)
+            get_method(method).params(params)
         return self
 
+    def settings(self, seed: int) -> ReduceSettings:
+        return ReduceSettings(self.top_k, self.dtype, self.concept_shard, seed)
 
-class RayConfig(_Strict):
+
+class RayConfig(Strict):
     """Where and how wide to run. Not part of the run id: the same dissection on another cluster is the same run."""
 
     address: str | None = None
@@ -221,14 +187,14 @@ class RayConfig(_Strict):
     progress: bool = True
 
 
-class DissectConfig(_Strict):
+class DissectConfig(Strict):
     """One dissection: a probe set, target models and their layers, concept sources, methods."""
 
     name: str = "dissect"
     store: str = DEFAULT_ROOT
     probe: ProbeConfig
     models: list[ModelConfig] = Field(min_length=1)
-    concepts: list[ConceptSource] = Field(min_length=1)
+    concepts: list[SerializeAsAny[SourceConfig]] = Field(min_length=1)
     record: RecordConfig = RecordConfig()
     reduce: ReduceConfig = ReduceConfig()
     ray: RayConfig = RayConfig()
@@ -237,62 +203,45 @@ class DissectConfig(_Strict):
     @field_validator("store")
     @classmethod
     def _resolve(cls, value: str) -> str:
-        return _absolute(value) or value
+        return absolute(value) or value
 
-    @property
-    def run_id(self) -> str:
-        """Content id of what is computed (not where, nor how wide): re-running the same config resumes it."""
-        return config_hash(self.model_dump(mode="json", exclude={"ray", "store", "name"}))
+    @field_validator("concepts", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        out = []
+        for i, raw in enumerate(value):
+            try:
+                out.append(parse_source(raw))
+            except ValidationError as err:
+                problems = "; ".join(f"concepts.{i}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+                raise ValueError(problems) from None
+        return out
 
-    @property
-    def submission_id(self) -> str:
-        return f"dissect-{self.run_id}"
+    @model_validator(mode="after")
+    def _unique(self) -> DissectConfig:
+        for what, names in (("models", [m.label for m in self.models]), ("concept sources", [c.label for c in self.concepts])):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"two {what} are both called {repeated[0]!r}; give each its own "
+                                 f"{'alias' if what == 'models' else 'name'}")
+        return self
 
-
-def expand_env(value: Any) -> Any:
-    """``${NAME}`` / ``${NAME:-default}`` in every string of a parsed YAML tree."""
-    if isinstance(value, str):
-
-        def substitute(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            raise ConfigError(f"the config uses ${{{name}}} but the environment variable {name} is not set")
-
-        return _VARIABLE.sub(substitute, value)
-    if isinstance(value, list):
-        return [expand_env(v) for v in value]
-    if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
-    return value
+    def identity(self) -> dict[str, Any]:
+        """What is computed, without where or how wide (``ray``, ``store``), its display name, or where its
+        inputs are: with the inputs' content ids this is the run id."""
+        return {
+            "probe": self.probe.identity(),
+            "models": [m.identity() for m in self.models],
+            "concepts": [c.identity() for c in self.concepts],
+            "record": self.record.model_dump(mode="json", exclude={"pixel_cache"}),
+            "reduce": self.reduce.model_dump(mode="json", exclude={"concept_shard"}),
+            "seed": self.seed,
+        }
 
 
 def load_config(source: str | Path | dict[str, Any], **overrides: Any) -> DissectConfig:
     """A validated config from a YAML file (or an already parsed dict); ``overrides`` replace top-level keys."""
     return validate(DissectConfig, source, "dissection", **overrides)
 
-
-def validate(model: type[_Config], source: str | Path | dict[str, Any], what: str, **overrides: Any) -> _Config:
-    """Read YAML (or take a parsed dict), expand ``${VAR}``, apply top-level ``overrides``, and validate."""
-    if isinstance(source, dict):
-        raw: Any = dict(source)
-        where = "config"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(source)!r} not found")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(source)!r} is not valid YAML: {err}") from None
-        where = str(source)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping of keys to values")
-    raw = expand_env({**raw, **{k: v for k, v in overrides.items() if v is not None}})
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"{where} is not a valid {what} config: {problems}") from None

@@ -19,8 +19,13 @@ def content_id(text: str | bytes) -> str:
 def file_sha256(uri: str, chunk: int = 1 << 20) -> str:
     """Full sha256 of a local or fsspec file, read in chunks."""
     digest = hashlib.sha256()
-    with fsspec.open(uri, "rb") as handle:
-        stream: BinaryIO = handle
-        while block := stream.read(chunk):
-            digest.update(block)
+    try:
+        with fsspec.open(uri, "rb") as handle:
+            stream: BinaryIO = handle
+            while block := stream.read(chunk):
+                digest.update(block)
+    except FileNotFoundError:
+        from discover_ray.errors import InputNotFound
+
+        raise InputNotFound(f"{uri!r} not found") from None
     return digest.hexdigest()

@@ -1,20 +1,21 @@
-"""Reading a finished dissection: per-example active neurons with their concepts, and how labels change
-between checkpoints. Plain pyarrow and numpy over the store; no Ray."""
+"""Reading a finished dissection: per-example active neurons with their concepts, layer sparsity, and how
+labels change between checkpoints. Plain pyarrow and numpy over the store; no Ray."""
 
 from discover_ray.analyze.active import (
     ActiveNeurons,
     LayerActivations,
+    LayerSparsity,
     active_table,
     active_units,
     explain_image,
     layer_activity,
     layer_sparsity,
+    position_activity,
     read_activations,
-    top_labels,
 )
 from discover_ray.analyze.compare import LayerComparison, compare_runs
 
 __all__ = [
-    "ActiveNeurons", "LayerActivations", "LayerComparison", "active_table", "active_units", "compare_runs",
-    "explain_image", "layer_activity", "layer_sparsity", "read_activations", "top_labels",
+    "ActiveNeurons", "LayerActivations", "LayerComparison", "LayerSparsity", "active_table", "active_units",
+    "compare_runs", "explain_image", "layer_activity", "layer_sparsity", "position_activity", "read_activations",
 ]

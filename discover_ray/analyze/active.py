@@ -1,4 +1,4 @@
-"""Per-example active neurons with their concepts (the DISCOVER paper's Tables 4–6).
+"""Per-example active neurons with their concepts (the DISCOVER paper's Tables 4–6), and layer sparsity.
 
 For a CVN layer each competition block has one winner: its non-zero entry, also when negative (taken
 as the entry of largest |a|, so a negative winner never loses to a zero loser). For a conventional layer
@@ -11,15 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from discover_ray.errors import DatasetError, UnknownName
 from discover_ray.evaluate.sparsity import EPS, Sparsity, sparsity
-from discover_ray.runs import load_run, read_labels
+from discover_ray.runs import RunRecord, load_run, read_labels
+from discover_ray.schema import Activations
+from discover_ray.schema import read_activations as read_activation_table
 from discover_ray.store import Store
 
 __all__ = [
-    "ActiveNeurons", "LayerActivations", "active_table", "active_units", "explain_image", "layer_sparsity",
-    "layer_activity", "read_activations", "top_labels",
+    "ActiveNeurons", "LayerActivations", "LayerSparsity", "active_table", "active_units", "explain_image",
+    "layer_activity", "layer_sparsity", "read_activations",
 ]
 
 
@@ -56,45 +58,27 @@ class ActiveNeurons:
 
 
 @dataclass
-class LayerActivations:
-    """A recorded layer of one model over the whole probe set: one row per image, one column per unit."""
+class LayerActivations(Activations):
+    """A recorded layer of one model of a run over the whole probe set."""
 
-    model: str
-    layer: str
-    checkpoint_id: str
-    block_size: int
-    image_ids: list[str]
-    units: list[str]
-    values: np.ndarray  # [images, units], float32
-
-    def row(self, image_id: str) -> np.ndarray:
-        try:
-            return self.values[self.image_ids.index(image_id)]
-        except ValueError:
-            raise KeyError(
-                f"image {image_id!r} is not in the probe set of this run (ids look like {self.image_ids[:3]})"
-            ) from None
+    model: str = ""
+    layer: str = ""
+    checkpoint_id: str = ""
 
 
-def read_activations(store: Store, run: dict, model: str, layer: str) -> LayerActivations | None:
-    """The recorded activations of ``layer`` of ``model`` (a run's model label); None if never committed."""
-    checkpoint_id = run["models"][model]["checkpoint_id"]
-    dataset = store.activations(checkpoint_id, run["probe"]["id"], layer)
-    marker = dataset.marker()
-    if marker is None:
+def read_activations(store: Store, run: RunRecord, model: str, layer: str) -> LayerActivations | None:
+    """The recorded activations of ``layer`` of ``model`` (a run's model label); None if not committed."""
+    info = run.models[model]
+    path = info.layers.get(layer)
+    if path is None:
         return None
-    table = dataset.read()
-    units = table.column_names[1:]
-    values = np.stack([table[name].to_numpy() for name in units], axis=1).astype(np.float32, copy=False)
-    return LayerActivations(model, layer, checkpoint_id, int(marker.get("block_size", 1)),
-                            table["image_id"].to_pylist(), units, values)
-
-
-def top_labels(labels: pa.Table) -> dict[str, tuple[str, float]]:
-    """Each unit's rank-0 concept and score."""
-    top = labels.filter(pc.equal(labels["rank"], 0))
-    return dict(zip(top["unit"].to_pylist(), zip(top["concept"].to_pylist(), top["score"].to_pylist(), strict=True),
-                    strict=True))
+    try:
+        dataset = store.committed(path)
+    except DatasetError:
+        return None
+    recorded = read_activation_table(dataset.read(), int((dataset.marker() or {}).get("block_size", 1)))
+    return LayerActivations(recorded.image_ids, recorded.units, recorded.values, recorded.block_size,
+                            recorded.active_fraction, model=model, layer=layer, checkpoint_id=info.checkpoint_id)
 
 
 def active_table(values: np.ndarray, units: list[str], block: int, labels: dict[str, tuple[str, float]],
@@ -118,38 +102,54 @@ def explain_image(
     model: str | None = None, eps: float = EPS,
 ) -> ActiveNeurons:
     """The active neurons of ``image_id`` in ``layer`` of a finished dissection, with their labels."""
-    store = store if isinstance(store, Store) else Store(str(store))
+    store = Store.of(store)
     (entry, labels), *_ = read_labels(store, run_id, layer, method=method, model=model)
-    run = load_run(store, run_id)
-    assert run is not None
-    recorded = read_activations(store, run, entry.model, layer)
+    recorded = read_activations(store, load_run(store, run_id), entry.model, layer)
     if recorded is None:
-        raise FileNotFoundError(f"run {run_id} has no committed activations of {entry.model}/{layer}")
+        raise DatasetError(f"run {run_id} has no committed activations of {entry.model}/{layer}; re-run the dissection")
     try:
         values = recorded.row(image_id)
-    except KeyError as err:
-        raise KeyError(str(err.args[0]).replace("this run", f"run {run_id}")) from None
-    table = active_table(values, recorded.units, recorded.block_size, top_labels(labels), eps)
+    except UnknownName as err:
+        raise UnknownName(str(err).replace("this run", f"run {run_id}")) from None
+    table = active_table(values, recorded.units, recorded.block_size, labels.top(), eps)
     return ActiveNeurons(image_id, entry.model, layer, entry.method, recorded.block_size, len(recorded.units), table)
 
 
 def layer_activity(recorded: LayerActivations, eps: float = EPS) -> Sparsity:
-    """Active fraction per example of a recorded layer. LWTA losers output exactly 0, so in an LWTA layer every
-    non-zero unit is active (a winner whose response happens to lie within ε of 0 still won its block);
-    elsewhere a unit is active when |a| > ε."""
+    """Active fraction per example of a recorded layer's pooled vector. LWTA losers output exactly 0, so in an
+    LWTA layer every non-zero unit is active (a winner whose response happens to lie within ε of 0 still won
+    its block); elsewhere a unit is active when |a| > ε."""
     return sparsity(recorded.values, 0.0 if recorded.block_size > 1 else eps)
 
 
-def layer_sparsity(store: Store | str, run_id: str, eps: float = EPS) -> list[tuple[str, str, int, Sparsity]]:
-    """(model, layer, block size, sparsity over the probe set) for every recorded layer of a run."""
-    store = store if isinstance(store, Store) else Store(str(store))
-    run = load_run(store, run_id, missing_ok=True)
-    if run is None:
-        raise FileNotFoundError(f"no run {run_id} under {store.root}")
+@dataclass(frozen=True)
+class LayerSparsity:
+    """A layer's active fraction per example: of its recorded (pooled) vector, and, for an LWTA layer, over
+    every position of its unpooled output (exactly 1/U: one winner per block at each position)."""
+
+    model: str
+    layer: str
+    block_size: int
+    pooled: Sparsity
+    per_position: Sparsity | None = None
+
+
+def position_activity(recorded: LayerActivations) -> Sparsity | None:
+    if recorded.active_fraction is None or not len(recorded.active_fraction):
+        return None
+    fraction = np.asarray(recorded.active_fraction, dtype=np.float64)
+    return Sparsity(float(fraction.mean()), float(fraction.std()), len(recorded.units), len(fraction))
+
+
+def layer_sparsity(store: Store | str, run_id: str, eps: float = EPS) -> list[LayerSparsity]:
+    """The sparsity of every recorded layer of a run."""
+    store = Store.of(store)
+    run = load_run(store, run_id)
     out = []
-    for label, model in run["models"].items():
-        for layer in model["spec"]["layers"]:
+    for label, model in run.models.items():
+        for layer in model.layers:
             recorded = read_activations(store, run, label, layer)
             if recorded is not None:
-                out.append((label, layer, recorded.block_size, layer_activity(recorded, eps)))
+                out.append(LayerSparsity(label, layer, recorded.block_size, layer_activity(recorded, eps),
+                                         position_activity(recorded)))
     return out

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from discover_ray.errors import IncompatibleRuns, UnknownName
 from discover_ray.runs import LabelEntry, load_run
+from discover_ray.schema import Labels
 from discover_ray.store import Store
 
 __all__ = ["LayerComparison", "compare_runs"]
@@ -34,13 +36,11 @@ class LayerComparison:
 
 def compare_runs(store: Store | str, run_a: str, run_b: str, method: str | None = None) -> list[LayerComparison]:
     """Per-layer label stability between two finished dissections of the same architecture."""
-    store = store if isinstance(store, Store) else Store(str(store))
+    store = Store.of(store)
     entries = {}
     for run_id in (run_a, run_b):
-        run = load_run(store, run_id, missing_ok=True)
-        if run is None:
-            raise FileNotFoundError(f"no run {run_id} under {store.root}")
-        entries[run_id] = [LabelEntry(**e) for e in run["labels"] if method is None or e["method"] == method]
+        run = load_run(store, run_id)
+        entries[run_id] = [e for e in run.labels if e.table == "labels" and (method is None or e.method == method)]
     single = len({e.model for e in entries[run_a]}) == 1 and len({e.model for e in entries[run_b]}) == 1
     key = (lambda e: (e.layer, e.method, e.source)) if single else (lambda e: (e.model, e.layer, e.method, e.source))
     second = {key(e): e for e in entries[run_b]}
@@ -48,21 +48,21 @@ def compare_runs(store: Store | str, run_a: str, run_b: str, method: str | None 
     for a in entries[run_a]:
         b = second.get(key(a))
         if b is not None:
-            out.append(_compare(a, b, store.dataset(a.dataset).read(), store.dataset(b.dataset).read()))
+            out.append(_compare(a, b, Labels(store.committed(a.dataset).read()), Labels(store.committed(b.dataset).read())))
     if not out:
-        raise KeyError(f"runs {run_a} and {run_b} labelled no layer in common" + (f" with method {method!r}" if method else ""))
+        raise UnknownName(f"runs {run_a} and {run_b} labelled no layer in common" + (f" with method {method!r}" if method else ""))
     return out
 
 
-def _compare(a: LabelEntry, b: LabelEntry, table_a: pa.Table, table_b: pa.Table) -> LayerComparison:
-    ranked_a, ranked_b = _ranked(table_a), _ranked(table_b)
+def _compare(a: LabelEntry, b: LabelEntry, labels_a: Labels, labels_b: Labels) -> LayerComparison:
+    ranked_a, ranked_b = labels_a.ranked(), labels_b.ranked()
     if ranked_a.keys() != ranked_b.keys():
-        raise ValueError(f"layer {a.layer!r} has {len(ranked_a)} units in one run and {len(ranked_b)} in the other")
+        raise IncompatibleRuns(f"layer {a.layer!r} has {len(ranked_a)} units in one run and {len(ranked_b)} in the other")
     rows = []
-    for unit, labels_a in ranked_a.items():
-        labels_b = ranked_b[unit]
-        shared = len({c for c, _ in labels_a} & {c for c, _ in labels_b})
-        rows.append((unit, labels_a[0][0], labels_a[0][1], labels_b[0][0], labels_b[0][1], shared))
+    for unit, first in ranked_a.items():
+        second = ranked_b[unit]
+        shared = len({c for c, _ in first} & {c for c, _ in second})
+        rows.append((unit, first[0][0], first[0][1], second[0][0], second[0][1], shared))
     stable = sum(1 for r in rows if r[1] == r[3])
     rows.sort(key=lambda r: (r[1] == r[3], r[5], -abs(r[4] - r[2])))
     columns = list(zip(*rows, strict=True)) if rows else [[]] * 6
@@ -76,11 +76,3 @@ def _compare(a: LabelEntry, b: LabelEntry, table_a: pa.Table, table_b: pa.Table)
     })
     return LayerComparison(a.model, a.layer, a.method, a.source, len(rows), stable, changes)
 
-
-def _ranked(table: pa.Table) -> dict[str, list[tuple[str, float]]]:
-    """Each unit's (concept, score) list, best first."""
-    ranked: dict[str, list[tuple[int, str, float]]] = {}
-    for unit, rank, concept, score in zip(table["unit"].to_pylist(), table["rank"].to_pylist(),
-                                          table["concept"].to_pylist(), table["score"].to_pylist(), strict=True):
-        ranked.setdefault(unit, []).append((rank, concept, score))
-    return {u: [(c, s) for _, c, s in sorted(v)] for u, v in ranked.items()}

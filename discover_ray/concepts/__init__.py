@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 import fsspec
 
 from discover_ray.concepts._builtin import BUILTIN, CIFAR100_SUPERCLASS_MEMBERS
+from discover_ray.errors import ConfigError, InputNotFound, UnknownName
 from discover_ray.ids import content_id
 
 __all__ = [
-    "ConceptSet",
     "CleaningReport",
+    "ConceptSet",
     "builtin",
     "builtin_names",
     "clean_concepts",
@@ -78,7 +79,7 @@ class ConceptSet:
         lookup = {c: i for i, c in enumerate(self.concepts)}
         missing = [n for n in names if n not in lookup]
         if missing:
-            raise KeyError(f"concept set {self.name!r} lacks {len(missing)} concept(s): {missing[:10]}")
+            raise UnknownName(f"concept set {self.name!r} lacks {len(missing)} concept(s): {missing[:10]}")
         return [lookup[n] for n in names]
 
 
@@ -108,20 +109,20 @@ def load_concepts(source: str, name: str | None = None) -> ConceptSet:
         with fsspec.open(source, "r", encoding="utf-8") as handle:
             text = handle.read()
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"concept file {source!r} not found; give a text file with one concept per line "
             f"or a built-in set: {', '.join(BUILTIN)}"
         ) from None
     concepts, report = clean_concepts(text.splitlines())  # splitlines: \n, \r\n and bare \r alike
     if not concepts:
-        raise ValueError(f"concept file {source!r} holds no concepts (only blank lines)")
+        raise ConfigError(f"concept file {source!r} holds no concepts (only blank lines)")
     stem = source.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
     return ConceptSet(name or stem, concepts, report)
 
 
 def builtin(name: str) -> ConceptSet:
     if name not in BUILTIN:
-        raise KeyError(f"no built-in concept set {name!r}; choose one of {', '.join(BUILTIN)}")
+        raise UnknownName(f"no built-in concept set {name!r}; choose one of {', '.join(BUILTIN)}")
     return ConceptSet(name, BUILTIN[name])
 
 
@@ -132,5 +133,5 @@ def builtin_names() -> tuple[str, ...]:
 def superclass_members(name: str = "cifar100_superclasses") -> dict[str, tuple[str, ...]]:
     """Superclass → member class names, for label-derived concepts (the LE(Label) style)."""
     if name != "cifar100_superclasses":
-        raise KeyError(f"no superclass table for {name!r}")
+        raise UnknownName(f"no superclass table for {name!r}")
     return dict(CIFAR100_SUPERCLASS_MEMBERS)

@@ -1,6 +1,7 @@
-"""Competitive vision networks (CVNs): stochastic LWTA activations, model conversion and named variants.
+"""Competitive vision networks (CVNs): stochastic LWTA activations and the conversion of any model.
 
-Importing this package does not import timm; only building a timm-based model does.
+Named variants (``<base>_cvn<U>``) are built by ``discover_ray.models``. Importing this package does not
+import timm.
 """
 
 from discover_ray.cvn.convert import to_cvn
@@ -18,18 +19,13 @@ from discover_ray.cvn.lwta import (
     set_kl_tracking,
     tracking,
 )
-from discover_ray.cvn.registry import TIMM_VARIANTS, create_cvn, parse_cvn_name, register_timm_variants
 
 __all__ = [
     "LWTA",
-    "TIMM_VARIANTS",
     "active_fractions",
     "collect_kl",
     "competition_signature",
-    "create_cvn",
     "lwta_modules",
-    "parse_cvn_name",
-    "register_timm_variants",
     "reset_kl",
     "reset_stats",
     "seed_examples",

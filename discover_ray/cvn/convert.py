@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from torch import nn
 
 from discover_ray.cvn.lwta import LWTA
+from discover_ray.errors import ConfigError, UnknownName
 
-__all__ = ["to_cvn", "fallback_for"]
+__all__ = ["fallback_for", "to_cvn"]
 
 
 def to_cvn(
@@ -62,7 +63,7 @@ def fallback_for(module: nn.Module, competitors: int) -> str:
     if isinstance(module, nn.GELU) or "gelu" in kind:
         return "gelu_tanh" if getattr(module, "approximate", "none") == "tanh" or "tanh" in kind else "gelu"
     if competitors == 1:
-        raise ValueError(
+        raise ConfigError(
             f"cannot turn a {type(module).__name__} into LWTA with one competitor: only ReLU and GELU have an "
             "exact U=1 fallback; use competitors > 1 or leave this module out"
         )
@@ -81,9 +82,9 @@ def _check_names(
             close = difflib.get_close_matches(name, list(candidates), n=5, cutoff=0.5)
             some = ", ".join(list(candidates)[:5]) or "none"
             hint = f"; close: {', '.join(close)}" if close else f"; activation modules: {some}"
-            raise ValueError(f"no module named {name!r} in the model{hint}")
+            raise UnknownName(f"no module named {name!r} in the model{hint}")
         if name not in candidates:
             kinds = ", ".join(t.__name__ for t in activations)
-            raise ValueError(
+            raise ConfigError(
                 f"module {name!r} is a {type(modules[name]).__name__}, not one of the activations ({kinds})"
             )

@@ -29,18 +29,18 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 __all__ = [
-    "LWTA",
     "FALLBACKS",
-    "lwta_modules",
+    "LWTA",
+    "active_fractions",
+    "collect_kl",
     "competition_signature",
-    "seed_sampling",
+    "lwta_modules",
+    "reset_kl",
+    "reset_stats",
     "seed_examples",
+    "seed_sampling",
     "set_deterministic",
     "set_kl_tracking",
-    "collect_kl",
-    "reset_kl",
-    "active_fractions",
-    "reset_stats",
     "tracking",
 ]
 

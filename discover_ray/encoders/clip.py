@@ -8,6 +8,7 @@ weights, instead of retrying for a minute.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -20,14 +21,11 @@ import torch
 from torch import Tensor
 
 from discover_ray.encoders.hub import hub_cached, hub_reachable
+from discover_ray.errors import ConfigError, InputNotFound, UnknownName, WeightsUnavailableError
 from discover_ray.ids import content_id, file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)  # our small architectures, e.g. TinyCLIP-ViT-32 for tests and demos
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights were asked for but cannot be had here."""
 
 
 @dataclass(frozen=True)
@@ -99,14 +97,14 @@ def _check_name(spec: ClipSpec) -> None:
     known = open_clip.list_models()
     if not spec.model.startswith(("hf-hub:", "local-dir:")) and spec.model not in known:
         close = [m for m in known if spec.model.lower().split("-")[0] in m.lower()][:8]
-        raise ValueError(f"unknown open_clip model {spec.model!r}; similar: {close or known[:8]}")
+        raise UnknownName(f"unknown open_clip model {spec.model!r}; similar: {close or known[:8]}")
 
 
 def _create(spec: ClipSpec, device: torch.device) -> tuple[torch.nn.Module, object]:
     _check_name(spec)
     schema = spec.model.startswith(("hf-hub:", "local-dir:"))
     if spec.pretrained is None and not schema:
-        with _seeded(spec.seed):
+        with _seeded(spec.seed), _quiet_random_init():
             model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=None, device=device)
         return model, preprocess
     with _weights_file(spec) as pretrained:
@@ -140,7 +138,7 @@ def _weights_file(spec: ClipSpec, fetch: bool = True) -> Iterator[str | None]:
         if not fetch:
             fs, path = fsspec.core.url_to_fs(pretrained)
             if not fs.exists(path):
-                raise FileNotFoundError(f"open_clip checkpoint {pretrained!r} not found")
+                raise InputNotFound(f"open_clip checkpoint {pretrained!r} not found")
             yield pretrained
             return
         with tempfile.TemporaryDirectory() as tmp:
@@ -151,7 +149,7 @@ def _weights_file(spec: ClipSpec, fetch: bool = True) -> Iterator[str | None]:
     path = pretrained.removeprefix("file://")
     if not os.path.exists(path):
         tags = open_clip.list_pretrained_tags_by_model(spec.model)
-        raise ValueError(
+        raise ConfigError(
             f"{pretrained!r} is neither an open_clip tag of {spec.model} ({', '.join(tags) or 'none'}) "
             "nor an existing checkpoint file"
         )
@@ -182,6 +180,23 @@ def _offline_message(spec: ClipSpec) -> str:
         f"`python -c \"import open_clip; open_clip.create_model('{spec.model}', pretrained='{spec.pretrained}')\"`, "
         "then copy the cache (~/.cache/huggingface) here, or give a local or s3:// checkpoint file as `pretrained`."
     )
+
+
+class _RandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """open_clip warns that no weights were loaded; random initialisation is what was asked for."""
+    notice = _RandomInitNotice()
+    root = logging.getLogger()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
 
 
 @contextlib.contextmanager

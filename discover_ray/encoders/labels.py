@@ -14,7 +14,7 @@ from torch import Tensor
 
 from discover_ray.concepts import ConceptSet, superclass_members
 
-__all__ = ["label_concept_set", "label_concept_scores", "resolve_superclasses"]
+__all__ = ["label_concept_scores", "label_concept_set", "resolve_superclasses"]
 
 
 def resolve_superclasses(spec: str | Mapping[str, Sequence[str]] | None) -> dict[str, tuple[str, ...]]:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from discover_ray.errors import UnknownName
+
 CIFAR_MEAN = (0.485, 0.456, 0.406)
 CIFAR_STD = (0.229, 0.224, 0.225)
 DEPTHS = {"cifar_resnet20": 3, "cifar_resnet32": 5, "cifar_resnet44": 7, "cifar_resnet56": 9, "cifar_resnet110": 18}
@@ -74,5 +76,5 @@ class CifarResNet(nn.Module):
 
 def cifar_resnet(name: str, num_classes: int = 10) -> CifarResNet:
     if name not in DEPTHS:
-        raise KeyError(f"no CIFAR ResNet {name!r}; choose one of {', '.join(DEPTHS)}")
+        raise UnknownName(f"no CIFAR ResNet {name!r}; choose one of {', '.join(DEPTHS)}")
     return CifarResNet(DEPTHS[name], num_classes)

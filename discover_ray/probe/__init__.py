@@ -25,16 +25,14 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from PIL import Image
 
-__all__ = ["IMAGE_EXTENSIONS", "ProbeError", "ProbeImage", "ProbeSet", "DecodeResult", "decode_images"]
+from discover_ray.errors import ProbeError
+
+__all__ = ["IMAGE_EXTENSIONS", "DecodeResult", "ProbeError", "ProbeImage", "ProbeSet", "decode_images"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_SHARD_SIZE = 4096
 DEFAULT_FAILURE_BUDGET = 0.001
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object addresses in error messages: reasons must not vary by run
-
-
-class ProbeError(ValueError):
-    """The probe set cannot be used as given; the message says why and what to change."""
 
 
 @dataclass(frozen=True)

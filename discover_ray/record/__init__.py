@@ -14,10 +14,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from discover_ray.errors import UnknownName
+from discover_ray.schema import unit_names
+
 ConvPool = Literal["mean", "max"]
 TokenPool = Literal["cls", "mean", "max"]
 
-__all__ = ["resolve_layers", "summarise", "recording", "record_activations", "unit_names"]
+__all__ = ["nonzero_fraction", "record_activations", "recording", "resolve_layers", "summarise", "unit_names"]
 
 
 def resolve_layers(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
@@ -27,7 +30,7 @@ def resolve_layers(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Modul
     for name in names:
         if name not in modules or name == "":
             close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.4)
-            raise KeyError(f"model has no layer {name!r}; closest: {close or sorted(modules)[1:9]}")
+            raise UnknownName(f"model has no layer {name!r}; closest: {close or sorted(modules)[1:9]}")
         resolved[name] = modules[name]
     return resolved
 
@@ -47,12 +50,23 @@ def summarise(output: Tensor, conv_pool: ConvPool = "mean", token_pool: TokenPoo
     raise ValueError(f"cannot summarise a layer output of shape {tuple(output.shape)}")
 
 
+def nonzero_fraction(output: Tensor) -> Tensor:
+    """Per example, the fraction of a layer's (unpooled) outputs that are not exactly 0: for an LWTA layer,
+    whose losers output exactly 0, the fraction of winners at every position (1/U)."""
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    return (output != 0).flatten(1).float().mean(dim=1)
+
+
 @contextlib.contextmanager
 def recording(
-    model: nn.Module, layers: Iterable[str], conv_pool: ConvPool = "mean", token_pool: TokenPool = "cls"
+    model: nn.Module, layers: Iterable[str], conv_pool: ConvPool = "mean", token_pool: TokenPool = "cls",
+    active: dict[str, list[Tensor]] | None = None,
 ) -> Iterator[dict[str, list[Tensor]]]:
-    """Within the block every forward pass appends each layer's summary to ``store[layer]``."""
+    """Within the block every forward pass appends each layer's summary to ``store[layer]``; for the layers
+    that are keys of ``active``, also each example's ``nonzero_fraction`` of the unpooled output."""
     store: dict[str, list[Tensor]] = {}
+    active = active if active is not None else {}
     handles = []
     try:
         for name, module in resolve_layers(model, layers).items():
@@ -60,6 +74,8 @@ def recording(
 
             def hook(_module: nn.Module, _inputs: object, output: Tensor, name: str = name) -> None:
                 store[name].append(summarise(output, conv_pool, token_pool).detach().float().cpu())
+                if name in active:
+                    active[name].append(nonzero_fraction(output.detach()).cpu())
 
             handles.append(module.register_forward_hook(hook))
         yield store
@@ -82,12 +98,3 @@ def record_activations(
         for batch in batches:
             model(batch)
     return {name: torch.cat(parts) if parts else torch.empty(0) for name, parts in store.items()}
-
-
-def unit_names(n_units: int, block_size: int = 1) -> list[str]:
-    """Column names: ``u00042``, or ``b0012_u03`` for units inside competition blocks of ``block_size``."""
-    if block_size <= 1:
-        return [f"u{i:05d}" for i in range(n_units)]
-    if n_units % block_size:
-        raise ValueError(f"{n_units} units do not split into blocks of {block_size}")
-    return [f"b{i // block_size:04d}_u{i % block_size:02d}" for i in range(n_units)]

@@ -5,7 +5,8 @@ most), sortable by score and searchable by concept; per-example pages with the i
 neurons; matplotlib plots of sparsity and scores; the run summary. With a twin run (a CVN and its
 non-competitive twin over the same probe set) a side-by-side page of active neurons per image, as in
 the DISCOVER paper's Table 4. The folder is built beside its destination and swapped in whole, so a
-failed build never leaves half a report.
+failed build never leaves half a report; a destination that holds anything but an earlier report (it
+carries a stamp file) is refused, never emptied.
 """
 
 from __future__ import annotations
@@ -23,18 +24,26 @@ from typing import Any
 
 import jinja2
 import numpy as np
-import pyarrow as pa
 
-from discover_ray.analyze.active import LayerActivations, active_table, layer_activity, read_activations, top_labels
+from discover_ray.analyze.active import (
+    LayerActivations,
+    active_table,
+    layer_activity,
+    position_activity,
+    read_activations,
+)
+from discover_ray.errors import DatasetError, IncompatibleRuns, ReportFolderError, UnknownName
 from discover_ray.evaluate.sparsity import EPS, Sparsity
 from discover_ray.report import plots
 from discover_ray.report.thumbnails import ProbeMismatch, Thumbnails, open_run_probe
-from discover_ray.runs import LabelEntry, load_run
+from discover_ray.runs import LabelEntry, RunRecord, load_run
+from discover_ray.schema import Labels
 from discover_ray.store import Store
 
 __all__ = ["Report", "build_report", "default_folder"]
 
 PREFERRED_METHODS = ("soft_wpmi", "wpmi", "cos3", "cos", "rank_reorder")
+STAMP = ".discover-report"  # written into every report folder: only such a folder is ever replaced
 
 
 @dataclass
@@ -58,9 +67,10 @@ class _Layer:
     model: str
     layer: str
     primary: LabelEntry
-    labellings: list[tuple[LabelEntry, pa.Table]]
+    labellings: list[tuple[LabelEntry, Labels]]
     recorded: LayerActivations
     stats: Sparsity
+    per_position: Sparsity | None = None
     page: str = ""
     top: dict[str, tuple[str, float]] = field(default_factory=dict)
 
@@ -71,7 +81,7 @@ class _Layer:
 
 def default_folder(store: Store, run_id: str) -> Path:
     """Inside the run's folder for a local store; ``./discover-reports/RUN`` for a remote one."""
-    if "://" in store.root and not store.root.startswith("file://"):
+    if not store.is_local:
         return Path("discover-reports") / run_id
     return Path(store.path(f"runs/{run_id}/report"))
 
@@ -88,15 +98,17 @@ def build_report(
     eps: float = EPS,
 ) -> Report:
     """Writes the report of ``run_id`` to ``out`` (default: see :func:`default_folder`) and returns it."""
-    store = store if isinstance(store, Store) else Store(str(store))
+    store = Store.of(store)
     run = _finished(store, run_id)
+    folder = (Path(out) if out is not None else default_folder(store, run_id)).resolve()
+    _check_destination(folder)
     layers = _layers(store, run, method, eps)
-    folder = Path(out) if out is not None else default_folder(store, run_id)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     staging.chmod(0o755)  # mkdtemp's 0700 would hide the report from a web server or another user
     try:
         report = _write(store, run, layers, staging, examples, top_images, twin, twin_rows, eps)
+        (staging / STAMP).write_text(f"discover-ray report of run {run.run_id}; `discover report` replaces this folder\n")
         _swap(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -105,22 +117,30 @@ def build_report(
     return report
 
 
-# -- gathering --------------------------------------------------------------------------------------
-def _finished(store: Store, run_id: str) -> dict[str, Any]:
-    run = load_run(store, run_id)
-    assert run is not None
-    if not run.get("labels"):
-        raise ValueError(
-            f"run {run_id} has no labels yet (status {run.get('status')!r}); finish it with `discover dissect` first"
+def _check_destination(folder: Path) -> None:
+    """Only an absent or empty folder, or one an earlier report was written to, may become the report."""
+    if folder.exists() and not folder.is_dir():
+        raise ReportFolderError(f"{folder} is a file, not a folder; give --out a folder for the report")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / STAMP).is_file():
+        raise ReportFolderError(
+            f"{folder} is not empty and holds no earlier report; nothing was written. Give --out a new or empty "
+            "folder (a folder a report was written to is replaced)"
         )
+
+
+# -- gathering --------------------------------------------------------------------------------------
+def _finished(store: Store, run_id: str) -> RunRecord:
+    run = load_run(store, run_id)
+    if not run.labels:
+        raise DatasetError(f"run {run_id} has no labels; dissect it with some methods first")
     return run
 
 
-def _layers(store: Store, run: dict[str, Any], method: str | None, eps: float) -> list[_Layer]:
-    entries = [LabelEntry(**e) for e in run["labels"]]
+def _layers(store: Store, run: RunRecord, method: str | None, eps: float) -> list[_Layer]:
+    entries = [e for e in run.labels if e.table == "labels"]
     methods = sorted({e.method for e in entries})
     if method is not None and method not in methods:
-        raise KeyError(f"run {run['run_id']} has no labels by method {method!r}; it has {methods}")
+        raise UnknownName(f"run {run.run_id} has no labels by method {method!r}; it has {methods}")
     groups: dict[tuple[str, str], list[LabelEntry]] = {}
     for entry in entries:
         groups.setdefault((entry.model, entry.layer), []).append(entry)
@@ -131,14 +151,15 @@ def _layers(store: Store, run: dict[str, Any], method: str | None, eps: float) -
             continue
         rank = {m: i for i, m in enumerate(PREFERRED_METHODS)}
         primary = min(group, key=lambda e: (e.method != method, rank.get(e.method, len(rank)), group.index(e)))
-        labellings = [(e, store.dataset(e.dataset).read()) for e in group]
-        out.append(_Layer(model, layer, primary, labellings, recorded, layer_activity(recorded, eps)))
+        labellings = [(e, Labels(store.committed(e.dataset).read())) for e in group]
+        out.append(_Layer(model, layer, primary, labellings, recorded, layer_activity(recorded, eps),
+                          position_activity(recorded)))
     for item in out:
-        item.top = top_labels(next(t for e, t in item.labellings if e is item.primary))
+        item.top = next(t for e, t in item.labellings if e is item.primary).top()
     return out
 
 
-def _example_ids(run: dict[str, Any], layers: list[_Layer], examples: int | Sequence[str]) -> list[str]:
+def _example_ids(run: RunRecord, layers: list[_Layer], examples: int | Sequence[str]) -> list[str]:
     ids = layers[0].recorded.image_ids
     if isinstance(examples, int):
         if examples <= 0:
@@ -148,13 +169,13 @@ def _example_ids(run: dict[str, Any], layers: list[_Layer], examples: int | Sequ
     known = set(ids)
     unknown = [i for i in examples if i not in known]
     if unknown:
-        raise KeyError(f"images {unknown[:5]} are not in the probe set of run {run['run_id']} (ids look like {ids[:3]})")
+        raise UnknownName(f"images {unknown[:5]} are not in the probe set of run {run.run_id} (ids look like {ids[:3]})")
     return list(dict.fromkeys(examples))
 
 
 # -- writing ----------------------------------------------------------------------------------------
 def _write(
-    store: Store, run: dict[str, Any], layers: list[_Layer], folder: Path, examples: int | Sequence[str],
+    store: Store, run: RunRecord, layers: list[_Layer], folder: Path, examples: int | Sequence[str],
     top_images: int, twin: str | None, twin_rows: int, eps: float,
 ) -> Report:
     env = _environment()
@@ -187,7 +208,7 @@ def _write(
         scores = np.array([s for _, s in item.top.values()], dtype=np.float64)
         plots.score_histogram(folder / histogram, item.title, scores, item.primary.method)
         (folder / item.page).write_text(env.get_template("layer.html.j2").render(
-            root="../", title=f"{item.title} · run {run['run_id']}", run=run, layer=item, cards=cards,
+            root="../", title=f"{item.title} · run {run.run_id}", run=run, layer=item, cards=cards,
             histogram=histogram, nav=_nav(layers),
         ))
         report.layers.append(item.page)
@@ -206,7 +227,7 @@ def _write(
             table = active_table(item.recorded.row(image_id), item.recorded.units, item.recorded.block_size, item.top, eps)
             tables.append({"layer": item, "rows": table.to_pylist(), "units": len(item.recorded.units)})
         (folder / example_pages[image_id]).write_text(env.get_template("example.html.j2").render(
-            root="../", title=f"{image_id} · run {run['run_id']}", run=run, image_id=image_id,
+            root="../", title=f"{image_id} · run {run.run_id}", run=run, image_id=image_id,
             label=thumbs.label(image_id) if thumbs else None, src=thumbs.path(image_id) if thumbs else None,
             tables=tables, nav=_nav(layers),
         ))
@@ -222,11 +243,10 @@ def _write(
         if thumbs.failed:
             report.warnings.append(f"{len(thumbs.failed)} probe images could not be read for thumbnails")
     (folder / "index.html").write_text(env.get_template("index.html.j2").render(
-        root="", title=f"{run.get('name', 'run')} · run {run['run_id']}", run=run, layers=layers, nav=_nav(layers),
+        root="", title=f"{run.name} · run {run.run_id}", run=run, layers=layers, nav=_nav(layers),
         examples=[(i, example_pages[i], thumbs.path(i) if thumbs else None) for i in example_ids],
-        twin_page=twin_page, warnings=report.warnings, config=json.dumps(run.get("config", {}), indent=2),
-        stages=run.get("stages", []), identification=run.get("identification", []),
-        failed=run.get("failed_images", []),
+        twin_page=twin_page, warnings=report.warnings, config=json.dumps(run.config, indent=2),
+        stages=run.stages, identification=run.identification, failed=run.failed_images,
     ))
     return report
 
@@ -236,13 +256,7 @@ def _cards(item: _Layer, top_images: int) -> list[dict[str, Any]]:
     values = item.recorded.values
     k = min(top_images, values.shape[0])
     order = np.argsort(-values, axis=0, kind="stable")[:k]  # [k, units]
-    ranked = {}
-    for entry, table in item.labellings:
-        rows: dict[str, list[tuple[str, float]]] = {}
-        for unit, rank, concept, score in zip(table["unit"].to_pylist(), table["rank"].to_pylist(),
-                                              table["concept"].to_pylist(), table["score"].to_pylist(), strict=True):
-            rows.setdefault(unit, []).append((rank, concept, score))
-        ranked[id(entry)] = {u: [(c, s) for _, c, s in sorted(r)] for u, r in rows.items()}
+    ranked = {id(entry): labels.ranked() for entry, labels in item.labellings}
     cards = []
     block = item.recorded.block_size
     for column, unit in enumerate(item.recorded.units):
@@ -251,7 +265,6 @@ def _cards(item: _Layer, top_images: int) -> list[dict[str, Any]]:
             {"name": f"{e.method} · {e.source}", "concept": ranked[id(e)][unit][0][0], "score": ranked[id(e)][unit][0][1]}
             for e, _ in item.labellings if e is not item.primary and ranked[id(e)].get(unit)
         ]
-        concepts = [c for c, _ in primary] + [o["concept"] for o in others]
         cards.append({
             "unit": unit,
             "column": column,
@@ -261,7 +274,9 @@ def _cards(item: _Layer, top_images: int) -> list[dict[str, Any]]:
             "score": primary[0][1] if primary else float("nan"),
             "top": primary,
             "others": others,
-            "search": " | ".join(dict.fromkeys(c.lower() for c in concepts)),
+            # the search matches the unit's own ranking first (rank 1 = its label), then the other labellings
+            "ranked": json.dumps([c.lower() for c, _ in primary]),
+            "other_labels": json.dumps([[o["name"], o["concept"].lower()] for o in others]),
             "images": [
                 {"image_id": item.recorded.image_ids[i], "activation": float(values[i, column])} for i in order[:, column]
             ],
@@ -270,23 +285,23 @@ def _cards(item: _Layer, top_images: int) -> list[dict[str, Any]]:
 
 
 def _twin_page(
-    env: jinja2.Environment, store: Store, run: dict[str, Any], layers: list[_Layer], twin: str,
+    env: jinja2.Environment, store: Store, run: RunRecord, layers: list[_Layer], twin: str,
     example_ids: list[str], example_pages: dict[str, str], thumbs: Thumbnails | None, rows: int, eps: float,
     folder: Path,
 ) -> str:
     """Active neurons of each example in a CVN run and its twin, side by side (DISCOVER Table 4)."""
     other = _finished(store, twin)
-    if other["probe"]["id"] != run["probe"]["id"]:
-        raise ValueError(
-            f"runs {run['run_id']} and {twin} dissected different probe sets ({run['probe']['id']} vs "
-            f"{other['probe']['id']}); dissect both over the same probe set to compare them per image"
+    if other.probe.id != run.probe.id:
+        raise IncompatibleRuns(
+            f"runs {run.run_id} and {twin} dissected different probe sets ({run.probe.id} vs "
+            f"{other.probe.id}); dissect both over the same probe set to compare them per image"
         )
     twin_layers = {item.layer: item for item in _layers(store, other, None, eps)}
     pairs = [(item, twin_layers[item.layer]) for item in layers if item.layer in twin_layers]
     if not pairs:
-        raise KeyError(f"runs {run['run_id']} and {twin} recorded no layer of the same name")
+        raise IncompatibleRuns(f"runs {run.run_id} and {twin} recorded no layer of the same name")
     if not example_ids:
-        raise ValueError("a side-by-side comparison needs at least one example image (examples > 0)")
+        raise IncompatibleRuns("a side-by-side comparison needs at least one example image (examples > 0)")
     blocks = []
     for image_id in example_ids:
         per_layer = []
@@ -303,7 +318,7 @@ def _twin_page(
                        "label": thumbs.label(image_id) if thumbs else None, "layers": per_layer})
     page = "twin.html"
     (folder / page).write_text(env.get_template("twin.html.j2").render(
-        root="", title=f"run {run['run_id']} vs {twin}", run=run, other=other, blocks=blocks, rows=rows,
+        root="", title=f"run {run.run_id} vs {twin}", run=run, other=other, blocks=blocks, rows=rows,
         nav=_nav(layers),
     ))
     return page

@@ -14,28 +14,32 @@ from pathlib import Path
 from PIL import Image
 
 from discover_ray.config import ProbeConfig
+from discover_ray.config_files import expand_env
+from discover_ray.errors import DiscoverError
 from discover_ray.probe import ProbeSet
+from discover_ray.runs import RunRecord
 
 __all__ = ["ProbeMismatch", "Thumbnails", "open_run_probe"]
 
 MAX_SIDE = 128  # larger images are shrunk; small ones (CIFAR's 32 px) stay as they are and scale in CSS
 
 
-class ProbeMismatch(ValueError):
-    """The probe set named in a run's config no longer holds the images that were dissected."""
+class ProbeMismatch(DiscoverError, ValueError):
+    """The probe set named in a run's record no longer holds the images that were dissected."""
 
 
-def open_run_probe(run: dict) -> ProbeSet:
-    """The run's probe set, opened from its recorded config and checked against its recorded id."""
-    config = ProbeConfig.model_validate(run["config"]["probe"])
+def open_run_probe(run: RunRecord) -> ProbeSet:
+    """The run's probe set, opened from its recorded config (``${VAR}`` expanded here) and checked against
+    its recorded id."""
     try:
+        config = ProbeConfig.model_validate(expand_env(run.probe.config))
         probe = config.open()
     except (OSError, ValueError) as err:
-        raise ProbeMismatch(f"the probe set {config.source!r} of run {run['run_id']} cannot be opened: {err}") from err
-    if probe.id != run["probe"]["id"]:
+        raise ProbeMismatch(f"the probe set {run.probe.source!r} of run {run.run_id} cannot be opened: {err}") from err
+    if probe.id != run.probe.id:
         raise ProbeMismatch(
-            f"the probe set {config.source!r} has changed since run {run['run_id']} (id {probe.id}, the run "
-            f"recorded {run['probe']['id']}); restore it or re-run the dissection"
+            f"the probe set {config.source!r} has changed since run {run.run_id} (id {probe.id}, the run "
+            f"recorded {run.probe.id}); restore it or re-run the dissection"
         )
     return probe
 

@@ -27,18 +27,18 @@ from discover_ray.similarity._sources import ConceptScores, EmbeddingScores
 from discover_ray.similarity._topk import merge_topk, top_images, topk_lowest_index
 
 __all__ = [
+    "DEFAULT_MEMORY_BUDGET",
     "METHODS",
     "PARAMS",
-    "DEFAULT_MEMORY_BUDGET",
-    "similarity_matrix",
-    "top_concepts",
-    "topk_lowest_index",
-    "top_images",
+    "check_probe_size",
     "merge_topk",
     "rank_reorder_permutations",
     "rank_reorder_top_n",
     "resolve_params",
-    "check_probe_size",
+    "similarity_matrix",
+    "top_concepts",
+    "top_images",
+    "topk_lowest_index",
 ]
 
 DEFAULT_MEMORY_BUDGET = 128 * 2**20

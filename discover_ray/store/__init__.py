@@ -1,9 +1,13 @@
-"""The output store: the run layout under a local path or an fsspec URI (``s3://bucket/prefix``).
+"""The output store: immutable, content-addressed datasets under a local path or an fsspec URI (``s3://…``).
 
-Each dataset is a directory of Parquet parts that counts as done only once its ``_SUCCESS.json``
-marker is written, last. Parts are written atomically (a temporary name renamed into place locally; a
-single object put on object stores, which appears whole or not at all), so nothing half-written is
-ever read as done, and a re-run that rewrites a part replaces it instead of adding rows.
+A dataset is a directory ``{prefix}/{key}/`` of Parquet parts, where ``key`` is the content hash of
+everything that changes its output (see ``pipeline.stage``). Two runs that differ in anything that
+matters write to different directories; two that agree share one. A dataset counts as done only once
+its ``_SUCCESS.json`` is written, last, after ``commit`` has checked that every expected part is there
+with the expected number of rows; after that no run writes to it again (``gc`` is the only thing that
+removes datasets). Parts are written atomically (a temporary name renamed into place locally; a single
+object put on object stores), so a part is whole or absent, and an interrupted writer of a key leaves
+only parts that a resumed writer of the same key would write bit for bit the same.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import json
 import posixpath
 import uuid
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +24,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from discover_ray.errors import DatasetError
 from discover_ray.ids import content_id
+from discover_ray.schema import VERSIONS, failed_of
 
-__all__ = ["DEFAULT_ROOT", "Dataset", "Store", "config_hash"]
+__all__ = ["DEFAULT_ROOT", "SUCCESS", "Dataset", "Store", "config_hash", "safe_segment"]
 
 DEFAULT_ROOT = "./discover-runs"
 SUCCESS = "_SUCCESS.json"
-STARTED = "_STARTED.json"
+PART = "part-{:05d}.parquet"
 
 
 def config_hash(config: Any) -> str:
@@ -34,8 +40,15 @@ def config_hash(config: Any) -> str:
     return content_id(json.dumps(config, sort_keys=True, separators=(",", ":"), default=str))
 
 
+def safe_segment(name: str, what: str = "name") -> str:
+    """A name that becomes one path segment of the store: no separators, no ``.``/``..``, no control characters."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or any(ord(c) < 32 for c in name):
+        raise DatasetError(f"{what} {name!r} cannot be a path segment of the store (no '/', '..' or control characters)")
+    return name
+
+
 class Store:
-    """The layout of architecture.md under ``root``; every path it hands out is relative to the root."""
+    """The store under ``root``; every path it hands out is relative to the root."""
 
     def __init__(self, root: str = DEFAULT_ROOT, **storage_options: Any):
         self.root = root.rstrip("/") or root
@@ -43,34 +56,33 @@ class Store:
         if isinstance(self.fs, LocalFileSystem):
             self.fs.makedirs(self.base, exist_ok=True)
 
-    # -- the layout --------------------------------------------------------------------------------
-    def image_embeddings(self, encoder_id: str, probe_id: str) -> Dataset:
-        return self.dataset(f"embeddings/{encoder_id}/images/{probe_id}")
+    @classmethod
+    def of(cls, store: Store | str) -> Store:
+        return store if isinstance(store, Store) else cls(str(store))
 
-    def concept_embeddings(self, encoder_id: str, concept_set_id: str) -> Dataset:
-        return self.dataset(f"embeddings/{encoder_id}/concepts/{concept_set_id}")
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
 
-    def pixels(self, probe_id: str, format_id: str) -> Dataset:
-        """Decoded probe images in one preprocessing's input geometry (``probe.pixels.PixelFormat``)."""
-        return self.dataset(f"pixels/{probe_id}/{format_id}")
+    def dataset(self, prefix: str, key: str, table: str) -> Dataset:
+        """The dataset of ``key`` under ``prefix`` (e.g. ``activations/{checkpoint}/{probe}/{layer}``),
+        holding tables of the schema kind ``table``."""
+        for segment in prefix.split("/"):
+            safe_segment(segment, "path segment")
+        return Dataset(self, prefix.strip("/"), safe_segment(key, "key"), table)
 
-    def activations(self, checkpoint_id: str, probe_id: str, layer: str) -> Dataset:
-        return self.dataset(f"activations/{checkpoint_id}/{probe_id}/{_safe(layer)}")
+    def committed(self, path: str, key: str | None = None) -> Dataset:
+        """A committed dataset by its path (``prefix/key``, as a run record names it); checks that its marker
+        names the same key, so a record never reads another run's data."""
+        prefix, _, last = path.strip("/").rpartition("/")
+        marker = Dataset.read_marker(self, path)
+        if marker is None:
+            raise DatasetError(f"{self.path(path)} is not a complete dataset (no {SUCCESS}); re-run the dissection")
+        if marker.get("key") != last or (key is not None and key != last):
+            raise DatasetError(f"{self.path(path)} holds dataset {marker.get('key')!r}, not {key or last!r}")
+        return Dataset(self, prefix, last, marker.get("table", ""))
 
-    def labels(
-        self, checkpoint_id: str, probe_id: str, layer: str, method: str, concept_set_id: str, encoder_id: str
-    ) -> Dataset:
-        return self.dataset(
-            f"labels/{checkpoint_id}/{probe_id}/{_safe(layer)}/{method}__{concept_set_id}__{encoder_id}"
-        )
-
-    def run_dir(self, run_id: str) -> str:
-        return self.path(f"runs/{run_id}")
-
-    # -- plumbing ----------------------------------------------------------------------------------
-    def dataset(self, relative: str) -> Dataset:
-        return Dataset(self, relative.strip("/"))
-
+    # -- files ---------------------------------------------------------------------------------------
     def path(self, relative: str) -> str:
         return posixpath.join(self.base, relative) if relative else self.base
 
@@ -78,7 +90,7 @@ class Store:
         """Write a file atomically: readers see the old content or the new one, never a part of it."""
         final = self.path(relative)
         self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
-        if isinstance(self.fs, LocalFileSystem):
+        if self.is_local:
             temporary = posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(final)}")
             try:
                 with self.fs.open(temporary, "wb") as handle:
@@ -91,8 +103,8 @@ class Store:
             with self.fs.open(final, "wb") as handle:
                 handle.write(data)
 
-    def write_json(self, relative: str, obj: Any) -> None:
-        self.write_bytes(relative, json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8"))
+    def write_json(self, relative: str, obj: Any, sort_keys: bool = True) -> None:
+        self.write_bytes(relative, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str).encode("utf-8"))
 
     def read_json(self, relative: str) -> Any:
         with self.fs.open(self.path(relative), "rb") as handle:
@@ -101,94 +113,113 @@ class Store:
     def exists(self, relative: str) -> bool:
         return self.fs.exists(self.path(relative))
 
+    def listdir(self, relative: str) -> list[str]:
+        """Names directly under ``relative`` (empty when it does not exist)."""
+        directory = self.path(relative)
+        if not self.fs.exists(directory):
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(directory, detail=False))
+
+    def files(self, relative: str = "") -> dict[str, int]:
+        """Every file under ``relative``: its path relative to the root → its size in bytes."""
+        base = self.path(relative)
+        if not self.fs.exists(base):
+            return {}
+        prefix = self.base.rstrip("/") + "/"
+        found = self.fs.find(base, detail=True)
+        return {p.removeprefix(prefix): int(info.get("size") or 0) for p, info in found.items()}
+
 
 @dataclass(frozen=True)
 class Dataset:
-    """A directory of ``part-NNNNN.parquet`` files, complete once ``_SUCCESS.json`` exists."""
+    """``{prefix}/{key}/``: ``part-NNNNN.parquet`` files, complete and immutable once ``_SUCCESS.json`` exists."""
 
     store: Store
-    relative: str
+    prefix: str
+    key: str
+    table: str
+
+    @property
+    def relative(self) -> str:
+        return f"{self.prefix}/{self.key}"
 
     def part_name(self, index: int) -> str:
-        return f"part-{index:05d}.parquet"
+        return PART.format(index)
+
+    def part_path(self, index: int) -> str:
+        return self.store.path(f"{self.relative}/{self.part_name(index)}")
 
     def write_part(self, index: int, table: pa.Table, **write_options: Any) -> None:
-        """Write (or replace) part ``index`` atomically; the dataset is marked incomplete first.
-        ``write_options`` go to ``pyarrow.parquet.write_table`` (row group size, compression)."""
-        self.invalidate()
+        """Write part ``index`` atomically. ``write_options`` go to ``pyarrow.parquet.write_table``. A
+        committed dataset is never written again."""
+        if self.is_committed():
+            raise DatasetError(f"{self.store.path(self.relative)} is committed; its parts are never rewritten")
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, **write_options)
         self.store.write_bytes(f"{self.relative}/{self.part_name(index)}", sink.getvalue().to_pybytes())
 
     def parts(self) -> list[int]:
         """Indices of the parts present, whether or not the dataset is complete."""
-        directory = self.store.path(self.relative)
-        if not self.store.fs.exists(directory):
-            return []
-        names = [posixpath.basename(p) for p in self.store.fs.ls(directory, detail=False)]
+        names = self.store.listdir(self.relative)
         return sorted(int(n[5:10]) for n in names if n.startswith("part-") and n.endswith(".parquet"))
 
-    def missing_parts(self, expected: Iterable[int]) -> list[int]:
-        present = set(self.parts())
-        return [i for i in expected if i not in present]
-
-    def begin(self, config_hash: str) -> list[int]:
-        """Start (or resume) writing this dataset for ``config_hash``; returns the parts that can be kept.
-
-        Parts left by an interrupted run of the same config are kept (resume); parts written for another
-        config, complete or not, are removed first, so a dataset never mixes two configs.
-        """
-        marker = self.marker()
-        started = self.store.read_json(f"{self.relative}/{STARTED}") if self.store.exists(f"{self.relative}/{STARTED}") else None
-        owner = (marker or started or {}).get("config_hash")
-        if owner is not None and owner != config_hash:
-            self.invalidate()
-            for index in self.parts():
-                self.store.fs.rm(self.store.path(f"{self.relative}/{self.part_name(index)}"))
-        if marker is None or owner != config_hash:
-            self.store.write_json(f"{self.relative}/{STARTED}", {"config_hash": config_hash})
-        return self.parts()
-
-    def commit(self, config_hash: str, rows: int, schema: pa.Schema | None = None, **extra: Any) -> None:
-        """Write the marker, last: the parts now form a complete dataset for this config."""
-        marker = {"config_hash": config_hash, "rows": rows, "parts": self.parts(), **extra}
-        if schema is not None:
-            marker["schema"] = schema.to_string(show_schema_metadata=False)
-        self.store.write_json(f"{self.relative}/{SUCCESS}", marker)
+    @staticmethod
+    def read_marker(store: Store, relative: str) -> dict[str, Any] | None:
+        if not store.exists(f"{relative}/{SUCCESS}"):
+            return None
+        return store.read_json(f"{relative}/{SUCCESS}")
 
     def marker(self) -> dict[str, Any] | None:
-        if not self.store.exists(f"{self.relative}/{SUCCESS}"):
-            return None
-        return self.store.read_json(f"{self.relative}/{SUCCESS}")
+        return self.read_marker(self.store, self.relative)
 
-    def is_complete(self, config_hash: str | None = None) -> bool:
-        """Done, and (when given) done for this very config: a changed config means redo; a missing part
-        means the dataset is resumed (only that part is redone)."""
+    def is_committed(self) -> bool:
+        """Committed for this key with every part its marker lists still present."""
         marker = self.marker()
-        if marker is None or (config_hash is not None and marker.get("config_hash") != config_hash):
-            return False
-        return set(marker.get("parts", [])) <= set(self.parts())  # a part deleted since counts as not done
+        return marker is not None and marker.get("key") == self.key and set(marker.get("parts", [])) <= set(self.parts())
 
-    def invalidate(self) -> None:
-        """Remove the marker so that readers stop treating the dataset as done."""
-        path = self.store.path(f"{self.relative}/{SUCCESS}")
-        if self.store.fs.exists(path):
-            self.store.fs.rm(path)
+    def part_schema(self, index: int) -> pa.Schema:
+        with self.store.fs.open(self.part_path(index), "rb") as handle:
+            return pq.read_schema(handle)
+
+    def part_rows(self, index: int) -> tuple[int, int]:
+        """(rows, images named as failed in the part's metadata)."""
+        with self.store.fs.open(self.part_path(index), "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            return parquet.metadata.num_rows, len(failed_of(parquet.schema_arrow))
+
+    def commit(self, expected: Mapping[int, int | None], **extra: Any) -> dict[str, Any]:
+        """Check that every expected part is there and holds its rows (``expected``: part → rows plus failed
+        images), then write the marker, last. Returns the marker."""
+        present = set(self.parts())
+        missing = [p for p in expected if p not in present]
+        if missing:
+            raise DatasetError(f"cannot commit {self.store.path(self.relative)}: parts {missing[:10]} are missing")
+        rows = 0
+        for part, want in sorted(expected.items()):
+            have, failed = self.part_rows(part)
+            if want is not None and have + failed != want:
+                raise DatasetError(
+                    f"cannot commit {self.store.path(self.relative)}: part {part} holds {have} rows and {failed} "
+                    f"failed images, {want} were expected"
+                )
+            rows += have
+        marker = {"key": self.key, "table": self.table, "version": VERSIONS.get(self.table), "rows": rows,
+                  "parts": sorted(expected), **extra}
+        self.store.write_json(f"{self.relative}/{SUCCESS}", marker)
+        return marker
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
-        """All parts as one table; refuses a dataset that was never committed."""
+        """All parts as one table; refuses a dataset that is not committed for its key."""
         marker = self.marker()
-        if marker is None:
-            raise FileNotFoundError(f"{self.store.path(self.relative)} is not a complete dataset (no {SUCCESS})")
+        if marker is None or marker.get("key") != self.key:
+            raise DatasetError(f"{self.store.path(self.relative)} is not a complete dataset (no {SUCCESS})")
         tables = []
         for index in marker["parts"]:
-            with self.store.fs.open(self.store.path(f"{self.relative}/{self.part_name(index)}"), "rb") as handle:
+            with self.store.fs.open(self.part_path(index), "rb") as handle:
                 tables.append(pq.read_table(handle, columns=columns))
         return pa.concat_tables(tables) if tables else pa.table({})
 
+    def failed(self) -> list[tuple[str, str, int]]:
+        """The images every part names as failed to load."""
+        return [f for part in self.parts() for f in failed_of(self.part_schema(part))]
 
-def _safe(layer: str) -> str:
-    """Layer names become one path segment: dotted names are kept, path separators are not allowed."""
-    if not layer or "/" in layer or layer in (".", ".."):
-        raise ValueError(f"layer name {layer!r} cannot be a path segment")
-    return layer

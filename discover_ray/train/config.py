@@ -12,11 +12,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from discover_ray.config import ProbeConfig, _absolute, _Strict, validate
+from discover_ray.config import ProbeConfig
+from discover_ray.config_files import Strict as _Strict
+from discover_ray.config_files import absolute as _absolute
+from discover_ray.config_files import validate
 from discover_ray.models import ModelSpec
 from discover_ray.store import config_hash
 
-__all__ = ["TrainConfig", "load_train_config", "RECIPES"]
+__all__ = ["RECIPES", "TrainConfig", "load_train_config"]
 
 DEFAULT_STORAGE = "./discover-train"
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from discover_ray.errors import UnknownName
 from discover_ray.probe import ProbeError
 from discover_ray.train.data import LabelledImages
 
@@ -53,7 +54,7 @@ def build_clip(name: str, checkpoint: str | None, seed: int) -> tuple[nn.Module,
     from discover_ray.encoders import clip as _registers_our_configs  # noqa: F401
 
     if name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {name!r} for contrastive training; e.g. TinyCLIP-ViT-32, ViT-B-16")
+        raise UnknownName(f"unknown open_clip model {name!r} for contrastive training; e.g. TinyCLIP-ViT-32, ViT-B-16")
     torch.manual_seed(seed)
     model, train_transform, eval_transform = open_clip.create_model_and_transforms(
         name, pretrained=checkpoint, weights_only=True, output_dict=True)

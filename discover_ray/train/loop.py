@@ -19,18 +19,14 @@ from typing import Any
 import ray.train
 import torch
 import torch.distributed as dist
-from open_clip.loss import ClipLoss
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from discover_ray.cvn import active_fractions, lwta_modules, tracking
-from discover_ray.cvn.objective import elbo_loss, predict
-from discover_ray.models import load_model
+from discover_ray.cvn import active_fractions, tracking
 from discover_ray.train.config import TrainConfig
-from discover_ray.train.contrastive import CaptionedImages, build_clip, contrastive_step
-from discover_ray.train.data import LabelledImages
-from discover_ray.train.recipe import build_optimizer, build_scheduler, train_transform
+from discover_ray.train.recipe import build_optimizer, build_scheduler
+from discover_ray.train.tasks import TASKS
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
@@ -50,40 +46,19 @@ def train_loop(raw_config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
 
     torch.manual_seed(config.seed)  # the same initial weights on every worker
-    contrastive = config.task == "contrastive"
-    if contrastive:
-        model, _, preprocess, tokenizer = build_clip(config.model.name, config.model.checkpoint, config.seed)
-        train_set: LabelledImages = CaptionedImages(
-            config.data.train.open(), train_transform(preprocess, config.data.augment), tokenizer, config.seed,
-            failure_budget=config.data.train.failure_budget)
-        val_set = (
-            CaptionedImages(config.data.val.open(), preprocess, tokenizer, config.seed,
-                            failure_budget=config.data.val.failure_budget) if config.data.val else None
-        )
-        loss_fn = ClipLoss(gather_with_grad=world > 1, rank=rank, world_size=max(1, world))
-    else:
-        loaded = load_model(config.model.spec())
-        model = loaded.model
-        for _, module in lwta_modules(model):
-            module.tau = config.competition.tau
-        train_set = LabelledImages(config.data.train.open(), train_transform(loaded.preprocess, config.data.augment),
-                                   failure_budget=config.data.train.failure_budget)
-        val_set = (
-            LabelledImages(config.data.val.open(), loaded.preprocess, failure_budget=config.data.val.failure_budget)
-            if config.data.val else None
-        )
+    task = TASKS[config.task]()
+    built = task.build(config, rank, world)
+    model, train_set, val_set = built.model, built.train, built.val
     per_worker = max(1, config.batch_size // max(1, world))
     train_sampler = DistributedSampler(train_set, num_replicas=max(1, world), rank=rank, shuffle=True,
                                        seed=config.seed, drop_last=True)
-    train_loader = DataLoader(train_set, batch_size=per_worker, sampler=train_sampler, drop_last=len(train_set) >= per_worker * world,
-                              num_workers=config.data.loader_workers)
+    train_loader = DataLoader(train_set, batch_size=per_worker, sampler=train_sampler,
+                              drop_last=len(train_set) >= per_worker * world, num_workers=config.data.loader_workers)
     val_loader = None
     if val_set is not None:
         val_sampler = DistributedSampler(val_set, num_replicas=max(1, world), rank=rank, shuffle=False)
         val_loader = DataLoader(val_set, batch_size=per_worker, sampler=val_sampler, num_workers=config.data.loader_workers)
 
-    if not contrastive:
-        _check_outputs(model, train_set)
     model.to(device)
     optimizer = build_optimizer(model, config.optimizer)
     scheduler = build_scheduler(optimizer, config.optimizer.lr, config.epochs, config.schedule)
@@ -109,29 +84,19 @@ def train_loop(raw_config: dict[str, Any]) -> None:
         torch.manual_seed(config.seed * 1_000_003 + epoch * 1_009 + rank)
         lr = optimizer.param_groups[0]["lr"]
         train_sampler.set_epoch(epoch)
-        if isinstance(train_set, CaptionedImages):
-            train_set.set_epoch(epoch)
+        task.start_epoch(train_set, epoch)
         trained.train()
         sums = torch.zeros(5, dtype=torch.float64)  # loss·n, ce·n, kl·n, correct, n
         began = time.perf_counter()
         with tracking(model):
             for x, y in train_loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if contrastive:
-                    with autocast:
-                        loss, correct = contrastive_step(model, trained, loss_fn, x, y)
-                    parts = (loss.item(), 0.0)
-                else:
-                    with autocast:
-                        logits = trained(x)
-                    objective = elbo_loss(logits, y, model, config.competition.kl_weight)
-                    loss, parts = objective.loss, (objective.ce.item(), objective.kl.item())
-                    correct = int((logits.argmax(1) == y).sum())
+                step = task.step(model, trained, x, y, config, autocast)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                step.loss.backward()
                 optimizer.step()
                 n = len(y)
-                sums += torch.tensor([loss.item() * n, parts[0] * n, parts[1] * n, correct, n], dtype=torch.float64)
+                sums += torch.tensor([step.loss.item() * n, step.ce * n, step.kl * n, step.correct, n], dtype=torch.float64)
             fractions = active_fractions(model)
         seconds = time.perf_counter() - began
         scheduler.step()
@@ -146,13 +111,11 @@ def train_loop(raw_config: dict[str, Any]) -> None:
             "images_per_s": sums[4].item() / seconds,
             "active_fraction": fractions,
         }
-        if val_loader is not None and contrastive:
-            metrics.update(_evaluate_contrastive(model, loss_fn, val_loader, device, world, autocast))
-        elif val_loader is not None:
-            metrics.update(_evaluate(model, val_loader, device, config.competition.eval_samples, world, autocast))
+        if val_loader is not None:
+            metrics.update(task.evaluate(model, val_loader, device, config, autocast, lambda t: _all_reduce(t, world)))
         history.append(metrics)
         if rank == 0:
-            print(_line(metrics), flush=True)
+            print(epoch_line(metrics), flush=True)
         with tempfile.TemporaryDirectory() as folder:
             report_checkpoint = None
             if rank == 0:
@@ -161,48 +124,6 @@ def train_loop(raw_config: dict[str, Any]) -> None:
             ray.train.report({k: v for k, v in metrics.items() if k != "active_fraction"} | {
                 "active_fraction_mean": _mean(fractions)}, checkpoint=report_checkpoint,
                 checkpoint_dir_name=checkpoint_name(epoch))
-
-
-@torch.no_grad()
-def _evaluate(model: nn.Module, loader: DataLoader, device: torch.device, samples: int, world: int, autocast) -> dict[str, float]:
-    """Top-1 and CE of logits averaged over ``samples`` stochastic passes, over every worker's share."""
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)  # ce·n, correct, n
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        with autocast:
-            logits = predict(model, x, samples)
-        ce = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
-        sums += torch.tensor([ce, (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
-    sums = _all_reduce(sums, world)
-    return {"val_ce": sums[0].item() / sums[2].item(), "val_top1": sums[1].item() / sums[2].item(),
-            "eval_samples": samples if lwta_modules(model) else 1}
-
-
-@torch.no_grad()
-def _evaluate_contrastive(model: nn.Module, loss_fn, loader: DataLoader, device: torch.device, world: int, autocast) -> dict[str, float]:
-    """InfoNCE and in-batch image→caption top-1 over the validation images."""
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)  # loss·n, correct, n
-    for x, tokens in loader:
-        x, tokens = x.to(device), tokens.to(device)
-        with autocast:
-            loss, correct = contrastive_step(model, model, loss_fn, x, tokens)
-        sums += torch.tensor([loss.item() * len(x), correct, len(x)], dtype=torch.float64)
-    sums = _all_reduce(sums, world)
-    return {"val_ce": sums[0].item() / sums[2].item(), "val_top1": sums[1].item() / sums[2].item(), "eval_samples": 1}
-
-
-@torch.no_grad()
-def _check_outputs(model: nn.Module, data: LabelledImages) -> None:
-    """A classifier with fewer outputs than the data has classes fails here, not as an index error mid-epoch."""
-    model.eval()
-    outputs = model(data[0][0][None]).shape[-1]
-    if outputs < data.num_classes:
-        raise ValueError(
-            f"the model has {outputs} outputs but the training data has {data.num_classes} classes; "
-            f"set model.kwargs.num_classes: {data.num_classes}"
-        )
 
 
 def _all_reduce(values: torch.Tensor, world: int) -> torch.Tensor:
@@ -229,7 +150,7 @@ def _mean(fractions: dict[str, float]) -> float:
     return sum(fractions.values()) / len(fractions) if fractions else 1.0
 
 
-def _line(metrics: dict[str, Any]) -> str:
+def epoch_line(metrics: dict[str, Any]) -> str:
     parts = [f"epoch {metrics['epoch']}", f"loss {metrics['loss']:.4f}", f"ce {metrics['ce']:.4f}",
              f"kl {metrics['kl']:.4f}", f"train top-1 {metrics['train_top1']:.2%}"]
     if "val_top1" in metrics:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
+from discover_ray.errors import ConfigError
 from discover_ray.train.config import OptimizerSection, ScheduleSection
 
 __all__ = ["build_optimizer", "build_scheduler", "learning_rate", "train_transform"]
@@ -71,6 +72,6 @@ def _size_and_normalize(transform: Callable[[Any], torch.Tensor]) -> tuple[int, 
     normalize = [s for s in steps if isinstance(s, T.Normalize)]
     crops = [s for s in steps if isinstance(s, T.CenterCrop)]
     if not crops:
-        raise ValueError("cannot derive a training augmentation from a preprocessing without a CenterCrop; set data.augment: none")
+        raise ConfigError("cannot derive a training augmentation from a preprocessing without a CenterCrop; set data.augment: none")
     size = crops[-1].size
     return int(size[0] if isinstance(size, (tuple, list)) else size), normalize

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,10 +12,9 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from rich.console import Console
 
-from discover_ray.config import RayConfig
-from discover_ray.stages.cluster import connect
+from discover_ray.on_ray.cluster import connect
 from discover_ray.train.config import TrainConfig
-from discover_ray.train.loop import METRICS_FILE, MODEL_FILE, checkpoint_name, train_loop
+from discover_ray.train.loop import METRICS_FILE, MODEL_FILE, checkpoint_name, epoch_line, train_loop
 
 __all__ = ["TrainResult", "train"]
 
@@ -45,7 +45,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
         if console:
             console.print(f"{config.run_name}: {before[-1]['epoch'] + 1} epochs are done, nothing to train")
         return TrainResult(config.run_name, run_path, f"{run_path}/{checkpoint_name(before[-1]['epoch'])}", before, [])
-    connect(RayConfig(address=config.scaling.address, num_cpus=config.scaling.num_cpus, progress=False))
+    connect(config.scaling.address, config.scaling.num_cpus)
     resources: dict[str, float] = {"CPU": config.scaling.cpus_per_worker}
     if config.scaling.use_gpu:
         resources["GPU"] = 1
@@ -68,14 +68,52 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     )
     if console:
         done = f", resuming after epoch {before[-1]['epoch']}" if before else ""
-        console.print(f"training {config.run_name} ({config.model.name}, {config.epochs} epochs){done} → {run_path}")
-    result = trainer.fit()
+        console.print(f"training {config.run_name} ({config.model.name}, {config.epochs} epochs){done} → {run_path}",
+                      highlight=False)
+    with _EpochLines(run_path, config.run_name, console, {h["epoch"] for h in before}):
+        result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint else None
     if checkpoint and "://" not in checkpoint and not checkpoint.startswith("/"):  # a bucket path without its scheme
         checkpoint = f"{run_path}/{checkpoint.rsplit('/', 1)[-1]}"
     history = _history(run_path)
     trained = [h["epoch"] for h in history if not before or h["epoch"] > before[-1]["epoch"]]
     return TrainResult(config.run_name, run_path, checkpoint, history, trained)
+
+
+class _EpochLines:
+    """Prints a line per finished epoch, read from the checkpoints as they appear (the workers' own output
+    stays in Ray's logs)."""
+
+    def __init__(self, run_path: str, name: str, console: Console | None, seen: set[int], interval: float = 1.0):
+        self.run_path, self.name, self.console, self.seen, self.interval = run_path, name, console, set(seen), interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> _EpochLines:
+        if self.console is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.console is not None:
+            self.stop.set()
+            self.thread.join(timeout=10)
+            self._print_new()
+
+    def _watch(self) -> None:
+        while not self.stop.wait(self.interval):
+            self._print_new()
+
+    def _print_new(self) -> None:
+        try:
+            history = _history(self.run_path)
+        except (OSError, ValueError):  # a checkpoint being written
+            return
+        for metrics in history:
+            if metrics["epoch"] not in self.seen:
+                self.seen.add(metrics["epoch"])
+                assert self.console is not None
+                self.console.print(f"{self.name}: {epoch_line(metrics)}", highlight=False)
 
 
 def _history(run_path: str) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ def test_example_configs_validate(monkeypatch, tmp_path):
     assert cifar.models[0].layers == ["layer1", "layer2", "layer3", "linear"]
     real = load_config(REPO / "jobs/configs/imagenet_vit_b16.yaml")
     assert real.concepts[0].model == "ViT-B-16" and real.store.startswith("s3://")
-    assert cifar.run_id != real.run_id and cifar.submission_id == f"dissect-{cifar.run_id}"
+    assert cifar.identity() != real.identity()
     with pytest.raises(ConfigError, match="CVN_CHECKPOINT"):  # the trained checkpoint must be named
         load_config(REPO / "jobs/configs/cifar10_resnet20_cvn2.yaml")
     monkeypatch.setenv("CVN_CHECKPOINT", str(tmp_path / "epoch_0003/model.safetensors"))
@@ -26,22 +26,56 @@ def test_example_configs_validate(monkeypatch, tmp_path):
     assert cvn.models[0].name == "cifar_resnet20_cvn2" and cvn.record.competition == "sample"
 
 
-def test_run_id_ignores_where_and_how_wide():
+def test_identity_ignores_where_how_wide_and_where_the_inputs_are():
     base = {"probe": {"source": "/data/p"}, "models": [{"name": "cifar_resnet20", "layers": ["linear"]}],
             "concepts": [{"kind": "labels"}]}
     a = load_config(base)
-    b = load_config({**base, "store": "s3://x/y", "ray": {"address": "ray://h:10001", "actors": 4}})
+    b = load_config({**base, "store": "s3://x/y", "name": "other", "ray": {"address": "ray://h:10001", "actors": 4}})
+    moved = load_config({**base, "probe": {"source": "/elsewhere/p"},
+                         "models": [{"name": "cifar_resnet20", "layers": ["linear"], "checkpoint": "/w.pt"}]})
     c = load_config({**base, "record": {"conv_pool": "max"}})
-    assert a.run_id == b.run_id != c.run_id
+    d = load_config({**base, "reduce": {"params": {"soft_wpmi": {"top_k": 50}}}})
+    e = load_config({**base, "record": {"pixel_cache": False}, "reduce": {"concept_shard": 7}})
+    assert a.identity() == b.identity() == moved.identity() == e.identity()
+    assert len({str(x.identity()) for x in (a, c, d)}) == 3
+
+
+def test_stored_form_keeps_variables_and_drops_url_credentials(monkeypatch):
+    monkeypatch.setenv("PROBE_ROOT", "/secret/place")
+    monkeypatch.setenv("TOKEN", "s3cr3t")
+    config = load_config({
+        "probe": {"source": "${PROBE_ROOT}/probe.parquet"},
+        "models": [{"name": "cifar_resnet20", "layers": ["linear"], "checkpoint": "https://user:pw@host/w.pt?sig=abc"}],
+        "concepts": [{"kind": "labels"}],
+        "store": "s3://bucket/runs?token=${TOKEN}",
+    })
+    assert config.probe.source == "/secret/place/probe.parquet"  # expanded for the run itself
+    stored = config.stored()
+    assert stored["probe"]["source"] == "${PROBE_ROOT}/probe.parquet"
+    assert stored["models"][0]["checkpoint"] == "https://host/w.pt"
+    assert stored["store"] == "s3://bucket/runs"
+    assert "s3cr3t" not in str(stored) and "pw" not in str(stored) and "sig=abc" not in str(stored)
+    assert stored["reduce"]["methods"] == ["soft_wpmi"]  # defaults are filled in
+
+
+def test_unique_names_and_layers():
+    base = {"probe": {"source": "/data/p"}, "models": [{"name": "cifar_resnet20", "layers": ["linear"]}]}
+    with pytest.raises(ConfigError, match="both called 'labels'"):
+        load_config({**base, "concepts": [{"kind": "labels"}, {"kind": "labels", "superclasses": "cifar100_superclasses"}]})
+    load_config({**base, "concepts": [{"kind": "labels"}, {"kind": "labels", "name": "coarse"}]})
+    with pytest.raises(ConfigError, match="listed more than once"):
+        load_config({**base, "concepts": [{"kind": "labels"}],
+                     "models": [{"name": "cifar_resnet20", "layers": ["linear", "linear"]}]})
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"reduce": {"methods": ["softwpmi"]}}, "unknown method 'softwpmi'"),
+        ({"reduce": {"methods": ["softwpmi"]}}, "unknown method 'softwpmi'; registered methods: cos, cos3"),
         ({"reduce": {"params": {"soft_wpmi": {"topk": 3}}}}, "topk"),
         ({"probe": {"source": "/p", "shard": 3}}, "probe.shard: Extra inputs"),
-        ({"concepts": [{"kind": "words"}]}, "concepts.0"),
+        ({"concepts": [{"kind": "words"}]}, "unknown concept source kind 'words'; choose from clip, labels"),
+        ({"concepts": [{"kind": "clip", "concepts": "cifar10"}]}, "concepts.0.model: Field required"),
         ({"models": []}, "models"),
         ({"probe": {"source": "${NOT_SET_ANYWHERE}"}}, "NOT_SET_ANYWHERE is not set"),
     ],

@@ -31,7 +31,7 @@ def test_plain_models_have_no_blocks_and_training_mode_is_restored():
 
 def test_per_example_seeds_make_an_images_noise_independent_of_its_batch():
     from discover_ray.cvn import seed_examples
-    from discover_ray.stages.record import image_seed
+    from discover_ray.dissection.stages.record import image_seed
 
     torch.manual_seed(0)
     model = tiny_cnn(3, competitors=2).eval()

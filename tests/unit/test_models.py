@@ -1,15 +1,28 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import pytest
 import torch
 
+from discover_ray.cvn import lwta_modules, set_deterministic
 from discover_ray.encoders.hub import hub_reachable
-from discover_ray.models import CheckpointMismatch, ModelSpec, load_model, load_state_dict
+from discover_ray.models import (
+    TIMM_VARIANTS,
+    CheckpointMismatch,
+    ModelSpec,
+    create_cvn,
+    load_model,
+    load_state_dict,
+    parse_cvn_name,
+    register_timm_variants,
+)
+from discover_ray.models.cifar_resnet import cifar_resnet
 from discover_ray.probe import ProbeSet, decode_images
 
 RESNET20 = "models/cifar10-resnet/resnet20-12fca82f.th"
+TINY_DEIT = {"img_size": 32, "patch_size": 8, "depth": 2, "num_classes": 10}
 
 
 def accuracy(loaded, probe) -> float:
@@ -83,3 +96,43 @@ def test_offline_pretrained_timm_weights_fail_fast():
     with pytest.raises(RuntimeError, match="resnet50.*unreachable.*checkpoint="):
         load_model(ModelSpec("resnet50", pretrained=True))
     assert time.monotonic() - start < 10
+
+
+def test_cifar_state_dict_loads_into_its_twin():
+    original = cifar_resnet("cifar_resnet20")
+    twin = create_cvn("cifar_resnet20_cvn2")
+    assert twin.state_dict().keys() == original.state_dict().keys()
+    twin.load_state_dict(original.state_dict(), strict=True)
+    set_deterministic(twin, True)
+    assert torch.isfinite(twin.eval()(torch.rand(2, 3, 32, 32))).all()
+
+
+# -- names ---------------------------------------------------------------------------------------
+def test_names_parse():
+    assert parse_cvn_name("deit_tiny_cvn16") == ("deit_tiny_patch16_224", 16)
+    assert parse_cvn_name("deit_small_cvn12") == ("deit_small_patch16_224", 12)
+    assert parse_cvn_name("resnet18_cvn4") == ("resnet18", 4)
+    assert parse_cvn_name("cifar_resnet20_cvn2") == ("cifar_resnet20", 2)
+    assert parse_cvn_name("vit_small_patch16_224.augreg_in21k_cvn8") == ("vit_small_patch16_224.augreg_in21k", 8)
+    for name in ("resnet18", "resnet18_cvn", "resnet18_cvn0", "_cvn4", "resnet18_cvn4x"):
+        assert parse_cvn_name(name) is None
+    with pytest.raises(ValueError, match="unknown model 'resnet_9000_cvn4': not a name of any model family"):
+        create_cvn("resnet_9000_cvn4")
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        create_cvn("cifar_resnet20_cvn2", pretrained=True)
+
+
+def test_create_and_timm_registration():
+    import timm
+
+    model = create_cvn("deit_tiny_cvn16", **TINY_DEIT)
+    assert [m.competitors for _, m in lwta_modules(model)] == [16, 16]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second registration would warn about overwriting
+        register_timm_variants()
+        register_timm_variants()
+    assert set(TIMM_VARIANTS) <= set(timm.list_models("*_cvn*"))
+    model = timm.create_model("deit_tiny_cvn24", tau=1.67, **TINY_DEIT)
+    assert [(m.competitors, m.tau) for _, m in lwta_modules(model)] == [(24, 1.67), (24, 1.67)]
+    assert torch.isfinite(model(torch.rand(1, 3, 32, 32))).all()
+    assert timm.data.resolve_model_data_config(model)["mean"] == timm.data.IMAGENET_DEFAULT_MEAN

@@ -3,7 +3,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from discover_ray.store import Store, config_hash
+from discover_ray.errors import DatasetError
+from discover_ray.schema import with_failed
+from discover_ray.store import Store, config_hash, safe_segment
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -14,47 +16,62 @@ def store(request, tmp_path) -> Store:
 
 
 def table(start: int, rows: int) -> pa.Table:
-    return pa.table(
-        {
-            "image_id": [f"img{i:04d}" for i in range(start, start + rows)],
-            "u00000": [float(i) for i in range(start, start + rows)],
-        }
-    )
+    return pa.table({"image_id": [f"img{i:04d}" for i in range(start, start + rows)],
+                     "u00000": [float(i) for i in range(start, start + rows)]})
 
 
-def test_layout_follows_the_architecture(store):
-    assert store.activations("ck", "pr", "layer1.0.conv2").relative == "activations/ck/pr/layer1.0.conv2"
-    assert store.labels("ck", "pr", "fc", "soft_wpmi", "cs", "enc").relative == "labels/ck/pr/fc/soft_wpmi__cs__enc"
-    assert store.image_embeddings("enc", "pr").relative == "embeddings/enc/images/pr"
-    assert store.concept_embeddings("enc", "cs").relative == "embeddings/enc/concepts/cs"
-    with pytest.raises(ValueError, match="cannot be a path segment"):
-        store.activations("ck", "pr", "../escape")
+def test_a_dataset_path_carries_its_key(store):
+    data = store.dataset("activations/ck/pr/layer1.0.conv2", "k1", "activations")
+    assert data.relative == "activations/ck/pr/layer1.0.conv2/k1"
+    for bad in ("../escape", "..", "new\nline"):
+        with pytest.raises(DatasetError, match="cannot be a path segment"):
+            store.dataset(f"activations/ck/pr/{bad}", "k1", "activations")
+    with pytest.raises(DatasetError):
+        safe_segment("../x")
 
 
-def test_parts_commit_and_read(store):
-    data = store.activations("ck", "pr", "fc")
-    assert not data.is_complete() and data.parts() == []
-    data.write_part(1, table(4, 3))
-    data.write_part(0, table(0, 4))
-    assert data.parts() == [0, 1] and not data.is_complete()
-    with pytest.raises(FileNotFoundError, match="not a complete dataset"):
+def test_parts_commit_checks_parts_and_rows_and_read(store):
+    data = store.dataset("activations/ck/pr/fc", "k1", "activations")
+    assert not data.is_committed() and data.parts() == []
+    data.write_part(1, with_failed(table(4, 2), [("img0006", "corrupt: x", 6)]))  # 2 rows + 1 failed image
+    with pytest.raises(DatasetError, match="parts \\[0\\] are missing"):
+        data.commit({0: 4, 1: 3})
+    data.write_part(0, table(0, 3))
+    with pytest.raises(DatasetError, match="part 0 holds 3 rows and 0 failed images, 4 were expected"):
+        data.commit({0: 4, 1: 3})
+    with pytest.raises(DatasetError, match="not a complete dataset"):
         data.read()
-    cfg = config_hash({"layer": "fc", "pool": "mean"})
-    data.commit(cfg, rows=7, schema=table(0, 1).schema, versions={"torch": "x"})
-    assert data.is_complete(cfg) and not data.is_complete(config_hash({"layer": "fc", "pool": "max"}))
-    assert data.read()["image_id"].to_pylist() == [f"img{i:04d}" for i in range(7)]
-    assert data.marker()["rows"] == 7 and "image_id: string" in data.marker()["schema"]
+    data.write_part(0, table(0, 4))  # an interrupted writer's part is rewritten whole
+    marker = data.commit({0: 4, 1: 3}, units=1)
+    assert marker["rows"] == 6 and marker["key"] == "k1" and marker["units"] == 1 and data.is_committed()
+    assert data.read()["image_id"].to_pylist() == [f"img{i:04d}" for i in range(6)]
+    assert data.failed() == [("img0006", "corrupt: x", 6)]
 
 
-def test_rewriting_a_part_replaces_it_and_reopens_the_dataset(store):
-    data = store.activations("ck", "pr", "fc")
+def test_a_committed_dataset_is_never_written_again(store):
+    data = store.dataset("labels/ck/pr/fc/m__c__e", "k1", "labels")
     data.write_part(0, table(0, 4))
-    data.commit("h", rows=4)
-    data.write_part(0, table(0, 4))  # a re-run of the same shard
-    assert not data.is_complete()  # writing reopens it until the next commit
-    data.commit("h", rows=4)
-    assert data.read().num_rows == 4  # replaced, never duplicated
-    assert data.missing_parts(range(3)) == [1, 2]
+    data.commit({0: 4})
+    with pytest.raises(DatasetError, match="is committed; its parts are never rewritten"):
+        data.write_part(0, table(0, 5))
+    other = store.dataset("labels/ck/pr/fc/m__c__e", "k2", "labels")  # other settings: another folder
+    other.write_part(0, table(10, 2))
+    other.commit({0: 2})
+    assert data.read().num_rows == 4 and other.read().num_rows == 2
+
+
+def test_readers_check_the_key_a_record_names(store):
+    data = store.dataset("labels/ck/pr/fc/m__c__e", "k1", "labels")
+    data.write_part(0, table(0, 4))
+    with pytest.raises(DatasetError, match="not a complete dataset"):
+        store.committed(data.relative)
+    data.commit({0: 4})
+    assert store.committed(data.relative).read().num_rows == 4
+    with pytest.raises(DatasetError, match="not 'k9'"):
+        store.committed(data.relative, key="k9")
+    (part,) = [p for p in store.files(data.relative) if p.endswith("part-00000.parquet")]
+    store.fs.rm(store.path(part))  # a part lost after the commit: the dataset no longer counts as complete
+    assert not data.is_committed()
 
 
 def test_config_hash_ignores_key_order():

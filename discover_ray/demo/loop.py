@@ -2,27 +2,31 @@
 CVN twins, all with Ray Train) → dissect on Ray → analyse → report. ``discover demo`` runs it on a local
 cluster; ``tests/benchmarks/bench_quality.py`` scores its dissections against the world's ground truth.
 
-Everything is a pure function of ``seed``: the world, every training run and every dissection. A re-run
-finds what is done (finished training runs, committed stages) and does only what is missing.
+Every step runs from a config file the loop writes to ``ROOT/configs/`` (``train_clip.yaml``,
+``train_<target>.yaml``, then ``<target>.yaml`` for each dissection), so any step can be edited and
+re-run by hand: ``discover dissect ROOT/configs/cnn.yaml``. A config that was edited since the loop wrote
+it is kept as it is and used. Everything is a pure function of ``seed``; a re-run finds what is done
+(finished training runs, committed stages) and does only what is missing.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 
 from discover_ray import world
 from discover_ray.config import load_config
-from discover_ray.stages import dissect
+from discover_ray.dissection import dissect
 from discover_ray.train.config import load_train_config
 
-CONFIGS = Path(__file__).parent / "configs"
+__all__ = ["CLIP_MODEL", "METHODS", "TARGETS", "TWINS", "LoopResult", "LoopSizes", "run_loop", "write_config"]
+
 CLIP_MODEL = "TinyCLIP-RN-32"
 #: Target models: a small CNN and a tiny ViT on 32 px images, each with its competitive (LWTA) twin.
 TARGETS: dict[str, dict[str, Any]] = {
@@ -44,6 +48,8 @@ RECIPES: dict[str, dict[str, Any]] = {
             "schedule": {"name": "cosine", "warmup_epochs": 1, "warmup_lr": 1e-4, "min_lr": 1e-5}},
 }
 METHODS = ["soft_wpmi", "wpmi", "cos", "cos3", "rank_reorder"]
+HEADER = ("# Written by `discover demo`. Edit it and re-run this step with `discover {command} {path}`;\n"
+          "# the demo keeps a config you edited and runs it as it is.\n")
 
 
 @dataclass
@@ -61,7 +67,7 @@ class LoopResult:
     clip_checkpoint: str
     clip_history: list[dict[str, Any]]
     zero_shot: dict[str, float]
-    targets: dict[str, dict[str, Any]]  # name → {"checkpoint", "val_top1", "run_id"}
+    targets: dict[str, dict[str, Any]]  # name → {"checkpoint", "val_top1", "run_id", "config"}
     reports: dict[str, Path] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -70,41 +76,53 @@ class LoopResult:
         return str(self.root / "runs")
 
 
-def train_clip(folder: Path, root: Path, seed: int, sizes: LoopSizes, console: Console, cpus: float = 2):
-    from discover_ray.train import train
+def write_config(path: Path, config: dict[str, Any], command: str, console: Console) -> Path:
+    """``config`` as YAML at ``path``, unless the file holds an edited config (then that is kept and used)."""
+    text = HEADER.format(command=command, path=path) + yaml.safe_dump(config, sort_keys=False)
+    stamp = path.with_name(f".{path.name}.written")
+    if path.exists() and path.read_text() != text:
+        if not stamp.exists() or stamp.read_text() != path.read_text():
+            console.print(f"keeping edited {path}", highlight=False)
+            return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    stamp.write_text(text)
+    return path
 
-    config = load_train_config(
-        CONFIGS / "train_world_clip.yaml", storage_path=str(root / "train"), epochs=sizes.clip_epochs, seed=seed,
-        scaling={"num_workers": 1, "cpus_per_worker": cpus},
-        data={"train": {"source": str(folder / "train.parquet"), "text_column": "captions"},
-              "val": {"source": str(folder / "val.parquet"), "text_column": "captions"}, "augment": "none"},
-    )
-    return train(config, console=console)
+
+def clip_config(folder: Path, root: Path, seed: int, sizes: LoopSizes, cpus: float) -> dict[str, Any]:
+    """A tiny CLIP trained from scratch, contrastively, on the world's image–caption pairs."""
+    return {
+        "name": "world-tiny-clip", "task": "contrastive", "recipe": "custom", "seed": seed,
+        "storage_path": str(root / "train"), "model": {"name": CLIP_MODEL},
+        "data": {"train": {"source": str(folder / "train.parquet"), "text_column": "captions"},
+                 "val": {"source": str(folder / "val.parquet"), "text_column": "captions"}, "augment": "none"},
+        "epochs": sizes.clip_epochs, "batch_size": 256,
+        "optimizer": {"name": "adamw", "lr": 5.0e-3, "weight_decay": 0.1},
+        "schedule": {"name": "cosine", "warmup_epochs": 1, "warmup_lr": 1.0e-4, "min_lr": 1.0e-5},
+        "scaling": {"num_workers": 1, "cpus_per_worker": cpus},
+    }
 
 
-def train_target(name: str, folder: Path, root: Path, seed: int, sizes: LoopSizes, console: Console, cpus: float = 2):
-    from discover_ray.train import train
-
-    spec = {k: v for k, v in TARGETS[name].items() if k != "layers"}
-    config = load_train_config({
+def target_config(name: str, folder: Path, root: Path, seed: int, sizes: LoopSizes, cpus: float) -> dict[str, Any]:
+    """A target classifier (or its CVN twin) trained on the world's 9 classes."""
+    return {
         "name": f"world-{name}", "storage_path": str(root / "train"), "recipe": "custom", "seed": seed,
-        "model": spec,
+        "model": {k: v for k, v in TARGETS[name].items() if k != "layers"},
         "data": {"train": {"source": str(folder / "train.parquet")}, "val": {"source": str(folder / "val.parquet")},
                  "augment": "none"},
         "epochs": sizes.target_epochs + (1 if name.startswith("vit") else 0),
         **RECIPES[name.split("_")[0]],
         "scaling": {"num_workers": 1, "cpus_per_worker": cpus},
-    })
-    return train(config, console=console)
+    }
 
 
-def dissect_target(name: str, checkpoint: str, clip_checkpoint: str, folder: Path, root: Path, seed: int,
-                   console: Console) -> str:
-    model = {**TARGETS[name], "alias": name, "checkpoint": checkpoint}
-    config = load_config({
+def dissect_config(name: str, checkpoint: str, clip_checkpoint: str, folder: Path, root: Path, seed: int) -> dict[str, Any]:
+    """A target dissected with label concepts (classes + colour and shape superclasses) and the tiny CLIP."""
+    return {
         "name": f"world-{name}", "store": str(root / "runs"), "seed": seed,
         "probe": {"source": str(folder / "probe.parquet"), "shard_size": 300},
-        "models": [model],
+        "models": [{**TARGETS[name], "alias": name, "checkpoint": checkpoint}],
         "concepts": [
             {"kind": "labels", "superclasses": {
                 **{c: [k for k in world.class_names() if k.startswith(c + " ")] for c in world.COLOURS},
@@ -115,43 +133,41 @@ def dissect_target(name: str, checkpoint: str, clip_checkpoint: str, folder: Pat
         "record": {"batch_size": 150},
         "reduce": {"methods": METHODS, "top_k": 5},
         "ray": {"progress": False},
-    })
-    return dissect(config, console=console).run_id
+    }
 
 
 def run_loop(root: str | Path = "./discover-demo", seed: int = 0, sizes: LoopSizes | None = None,
              console: Console | None = None) -> LoopResult:
     """Runs (or resumes) the whole loop under ``root``; returns what it made."""
-    from discover_ray.config import RayConfig
     from discover_ray.encoders.clip import ClipEncoder, ClipSpec
+    from discover_ray.on_ray.cluster import connect
     from discover_ray.report import build_report
-    from discover_ray.stages.cluster import connect
+    from discover_ray.train import train
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     sizes = sizes or LoopSizes()
     console = console or Console()
     root = Path(root).resolve()
+    configs = root / "configs"
     seconds: dict[str, float] = {}
     began = time.perf_counter()
     folder = world.write_world(root / "world", seed, sizes.train, sizes.val, sizes.probe)
     seconds["generate"] = time.perf_counter() - began
-    import ray
-
-    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):  # quiet workers: the loop prints its own lines
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
-    connect(RayConfig(progress=False))  # one cluster for every stage
+    resources = connect()  # one cluster (token authentication on) for every step
 
     # The five training runs are independent: they run side by side, each worker on a share of the CPUs, so
     # that one run's start-up and evaluation overlap the others' steps. Each is the same run it would be alone.
     began = time.perf_counter()
-    share = max(0.1, (ray.cluster_resources().get("CPU", 1) - 0.05) / (1 + len(TARGETS)))
-    with ThreadPoolExecutor(max_workers=1 + len(TARGETS)) as pool:
-        clip_job = pool.submit(train_clip, folder, root, seed, sizes, console, share)
-        jobs = {name: pool.submit(train_target, name, folder, root, seed, sizes, console, share) for name in TARGETS}
-        clip = clip_job.result()
+    share = round(max(0.1, (resources.cpus - 0.05) / (1 + len(TARGETS))), 3)
+    paths = {"clip": write_config(configs / "train_clip.yaml", clip_config(folder, root, seed, sizes, share),
+                                  "train", console)}
+    for name in TARGETS:
+        paths[name] = write_config(configs / f"train_{name}.yaml", target_config(name, folder, root, seed, sizes, share),
+                                   "train", console)
+    with ThreadPoolExecutor(max_workers=len(paths)) as pool:
+        jobs = {name: pool.submit(train, load_train_config(path), console=console) for name, path in paths.items()}
         trained = {name: job.result() for name, job in jobs.items()}
     seconds["train"] = time.perf_counter() - began
+    clip = trained.pop("clip")
     assert clip.model_file is not None
     targets: dict[str, dict[str, Any]] = {}
     for name, result in trained.items():
@@ -162,7 +178,11 @@ def run_loop(root: str | Path = "./discover-demo", seed: int = 0, sizes: LoopSiz
 
     began = time.perf_counter()
     for name, target in targets.items():
-        target["run_id"] = dissect_target(name, target["checkpoint"], clip.model_file, folder, root, seed, console)
+        path = write_config(configs / f"{name}.yaml",
+                            dissect_config(name, target["checkpoint"], clip.model_file, folder, root, seed),
+                            "dissect", console)
+        target["config"] = path
+        target["run_id"] = dissect(load_config(path), console=console).run_id
     seconds["dissect"] = time.perf_counter() - began
 
     began = time.perf_counter()

@@ -1,8 +1,9 @@
-"""Model names for competitive twins: ``<base>_cvn<U>`` is ``<base>`` with every ReLU/GELU turned into LWTA(U).
+"""Competitive twins by name, in one place: ``<base>_cvn<U>`` is ``<base>`` with every ReLU/GELU turned into
+LWTA(U), whatever family builds ``<base>``.
 
 ``<base>`` is a built-in CIFAR ResNet, ``deit_tiny`` / ``deit_small`` (short for timm's
-``deit_*_patch16_224``) or any timm model name. timm is imported only when a timm base is built, because
-importing it costs seconds in workers that never need it.
+``deit_*_patch16_224``) or any timm model name; the DISCOVER paper's variants are also made known to timm
+(``register_timm_variants``), so ``timm.create_model("deit_tiny_cvn16")`` works after it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from typing import Any
 
 from torch import nn
 
-from discover_ray.cvn.convert import to_cvn
+from discover_ray.cvn import to_cvn
+from discover_ray.errors import ConfigError
 
-__all__ = ["SHORT_BASES", "TIMM_VARIANTS", "parse_cvn_name", "create_cvn", "register_timm_variants"]
+__all__ = ["DEFAULT_TAU", "SHORT_BASES", "TIMM_VARIANTS", "create_cvn", "parse_cvn_name", "register_timm_variants"]
 
+DEFAULT_TAU = 0.67
 SHORT_BASES = {"deit_tiny": "deit_tiny_patch16_224", "deit_small": "deit_small_patch16_224"}
-# the paper's published variants (DISCOVER §2.2), made known to timm by register_timm_variants()
+#: the paper's published variants (DISCOVER §2.2), made known to timm by register_timm_variants()
 TIMM_VARIANTS = (
     *(f"deit_tiny_cvn{u}" for u in (2, 8, 16, 24)),
     *(f"deit_small_cvn{u}" for u in (2, 12, 16)),
@@ -39,33 +42,23 @@ def parse_cvn_name(name: str) -> tuple[str, int] | None:
     return SHORT_BASES.get(base, base), int(match["u"])
 
 
-def create_cvn(name: str, pretrained: bool = False, *, tau: float = 0.67, **kwargs: Any) -> nn.Module:
+def competitive(model: nn.Module, competitors: int | None, kwargs: dict[str, Any]) -> nn.Module:
+    """``model`` turned into its competitive twin when a name asked for one (``tau`` from the kwargs)."""
+    if competitors is None:
+        return model
+    return to_cvn(model, competitors, tau=float(kwargs.get("tau", DEFAULT_TAU)))
+
+
+def create_cvn(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Build ``<base>_cvn<U>``: the base model (with its pretrained weights if asked), then converted.
 
-    ``kwargs`` go to the base's builder (timm: ``img_size``, ``depth``, ``num_classes`` …).
+    ``kwargs`` go to the base's builder (timm: ``img_size``, ``depth``, ``num_classes`` …), except ``tau``.
     """
-    from discover_ray.models.cifar_resnet import DEPTHS, cifar_resnet  # not at import: models imports this module
+    from discover_ray.models import ModelSpec, build_model
 
-    parsed = parse_cvn_name(name)
-    if parsed is None:
-        raise ValueError(f"{name!r} is not a competitive model name: expected '<base>_cvn<U>', e.g. 'deit_tiny_cvn16'")
-    base, competitors = parsed
-    if base in DEPTHS:
-        if pretrained:
-            raise ValueError(
-                f"built-in {base} has no pretrained weights to download; give its checkpoint instead "
-                "(the CIFAR checkpoints load unchanged into the competitive twin)"
-            )
-        model = cifar_resnet(base, **kwargs)
-    else:
-        import timm
-
-        if not timm.is_model(base):
-            raise ValueError(
-                f"unknown model {name!r}: its base {base!r} is neither built in ({', '.join(DEPTHS)}) nor a timm model"
-            )
-        model = timm.create_model(base, pretrained=pretrained, **kwargs)
-    return to_cvn(model, competitors, tau=tau)
+    if parse_cvn_name(name) is None:
+        raise ConfigError(f"{name!r} is not a competitive model name: expected '<base>_cvn<U>', e.g. 'deit_tiny_cvn16'")
+    return build_model(ModelSpec(name=name, pretrained=pretrained, kwargs=kwargs))
 
 
 def register_timm_variants() -> None:

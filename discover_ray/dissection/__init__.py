@@ -1,0 +1,152 @@
+"""The dissection job: probe set → EMBED (CLIP) → DECODE → RECORD (activations) → REDUCE (methods), resumably.
+
+``dissect`` plans the run (every input checked on the driver, the run named by content), opens an attempt
+record, and hands the stages to the one runner with an executor: Ray (``executor="ray"``, the default) or
+this process (``"local"``: no Ray at all). Everything committed before is skipped; an interrupted run
+resumes with the parts that are missing; the attempt is promoted to the run's record only on success.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from discover_ray.config import DissectConfig
+from discover_ray.dissection.identity import RunIdentity, run_identity
+from discover_ray.dissection.plan import Plan, plan_dissection
+from discover_ray.pipeline import Event, Executor, LocalExecutor, Runner
+from discover_ray.runs import Attempt, FailedImage, Identification, LabelEntry, RunRecord, StageEvent
+from discover_ray.store import Store
+
+__all__ = ["DissectResult", "Plan", "RunIdentity", "dissect", "make_executor", "plan_dissection", "run_identity"]
+
+
+@dataclass
+class DissectResult:
+    run_id: str
+    store: str
+    record: RunRecord
+
+    @property
+    def labels(self) -> list[LabelEntry]:
+        return self.record.labels
+
+    @property
+    def identification(self) -> list[Identification]:
+        return self.record.identification
+
+    @property
+    def recomputed(self) -> list[StageEvent]:
+        """The stages this call actually ran (the rest were already done)."""
+        return self.record.recomputed()
+
+
+def make_executor(executor: str | Executor | None, config: DissectConfig) -> Executor:
+    """``"ray"`` (default), ``"local"``, or an executor object."""
+    if executor is None or executor == "ray":
+        from discover_ray.on_ray.executor import RayExecutor
+
+        return RayExecutor(config.ray)
+    if executor == "local":
+        return LocalExecutor(config.ray.torch_threads)
+    if isinstance(executor, str):
+        from discover_ray.errors import ConfigError
+
+        raise ConfigError(f"unknown executor {executor!r}; choose 'ray' or 'local'")
+    return executor
+
+
+def dissect(config: DissectConfig, *, executor: str | Executor | None = None, console: Console | None = None) -> DissectResult:
+    """Run (or resume) a dissection; returns where everything went. Raises on bad input, before any work."""
+    console = console or Console(stderr=True)
+    began = time.perf_counter()
+    store = Store(config.store)
+    plan = plan_dissection(config, store)
+    for note in plan.notes:
+        console.print(note, highlight=False)
+    runner_executor = make_executor(executor, config)
+    attempt = Attempt.begin(store, plan.header())
+    attempt.event(StageEvent(stage="PREPARE", title="inputs", status="done", seconds=round(time.perf_counter() - began, 3)))
+    printer = _Printer(console, config.ray.progress)
+
+    def on_event(event: Event) -> None:
+        attempt.event(StageEvent(stage=event.stage, title=event.title, status=event.status,  # type: ignore[arg-type]
+                                 seconds=round(event.seconds, 3), outputs=event.outputs, counts=event.counts))
+        printer.event(event)
+
+    try:
+        Runner(runner_executor, plan.probe_context, on_event, printer).run(plan.stages)
+        attempt.record = _results(plan, attempt.record, runner_executor)
+        printer.done(plan, attempt.record)
+        record = attempt.finish("succeeded")
+    except BaseException as err:
+        attempt.record.executor = runner_executor.describe()
+        attempt.finish("failed", f"{type(err).__name__}: {err}")
+        raise
+    return DissectResult(plan.run_id, store.root, record)
+
+
+def _results(plan: Plan, record: RunRecord, executor: Executor) -> RunRecord:
+    """What the committed datasets say: neuron identification and the images that could not be read."""
+    identification = []
+    for stage in plan.reduces:
+        marker = stage.dataset.marker() or {}
+        ident = marker.get("identification")
+        if ident:
+            identification.append(Identification(model=stage.model.label, layer=stage.layer, method=stage.method.name,
+                                                 source=stage.source.name if stage.source else "", **ident))
+    failed: dict[str, str] = {}
+    for stage in plan.stages:
+        if stage.name in ("RECORD", "EMBED", "DECODE"):
+            for output in stage.outputs:
+                for image_id, reason, _ in (output.dataset.marker() or {}).get("failed", []):
+                    failed.setdefault(image_id, reason)
+    return record.model_copy(update={
+        "identification": identification, "executor": executor.describe(),
+        "failed_images": [FailedImage(image_id=i, reason=r) for i, r in sorted(failed.items())],
+    })
+
+
+class _Printer:
+    """A progress bar per model pass, a line per finished stage, one line for what was already done."""
+
+    def __init__(self, console: Console, bars: bool):
+        self.console, self.bars = console, bars
+        self.progress: Progress | None = None
+        self.skipped = 0
+
+    def start(self, title: str, images: int) -> Any:
+        if not self.bars:
+            return lambda n: None
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("images"), TimeElapsedColumn(), console=self.console, transient=True)
+        task = self.progress.add_task(title, total=images)
+        self.progress.start()
+        progress = self.progress
+        return lambda n: progress.advance(task, n)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def event(self, event: Event) -> None:
+        if event.status == "skipped":
+            self.skipped += 1
+            return
+        counts = event.counts
+        what = f"{counts['rows']} images" if "rows" in counts else f"{counts.get('tasks', 0)} tasks"
+        self.console.print(f"{event.stage} {event.title}: {what} in {event.seconds:.1f} s", highlight=False)
+
+    def done(self, plan: Plan, record: RunRecord) -> None:
+        if self.skipped:
+            self.console.print(f"{self.skipped} stages were already done", highlight=False)
+        for i in record.identification:
+            self.console.print(
+                f"neuron identification {i.model}/{i.layer} ({i.method}, {i.source}): top-1 {i.top1:.0%}, "
+                f"top-5 {i.top5:.0%}, mean rank {i.mean_rank:.2f} over {i.units} units"
+                + (f", text cosine {i.text_cosine:.3f}" if i.text_cosine is not None else ""), highlight=False)

@@ -1,0 +1,8 @@
+"""The stages of a dissection: DECODE (the pixel cache), RECORD (activations), REDUCE (a method on a layer).
+EMBED belongs to the CLIP concept source (``discover_ray.sources.clip``)."""
+
+from discover_ray.dissection.stages.decode import DecodeStage
+from discover_ray.dissection.stages.record import ActivationRecorder, RecordStage, image_seed
+from discover_ray.dissection.stages.reduce import ReduceStage
+
+__all__ = ["ActivationRecorder", "DecodeStage", "RecordStage", "ReduceStage", "image_seed"]

@@ -1,0 +1,96 @@
+"""REDUCE: one labelling method on one recorded layer (and one concept source, for methods that rank concepts).
+
+The stage loads the layer's activations and the source's P once (shared by every method on the same layer
+and source), aligns their rows by image id (images unreadable for either are left out), asks the method
+for its tasks and runs them through the executor; the method assembles its table. The dataset is
+``labels/{checkpoint}/{probe}/{layer}/{method}__{concept set}__{encoder}/{key}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel
+
+from discover_ray.dissection.models import PreparedModel
+from discover_ray.methods import LayerInputs, Method, ReduceSettings
+from discover_ray.pipeline.stage import Output, TaskStage, stage_key
+from discover_ray.schema import VERSIONS, read_activations
+from discover_ray.sources import PreparedSource
+from discover_ray.store import Store
+
+__all__ = ["ReduceStage", "run_method_task"]
+
+
+def run_method_task(payload: LayerInputs, task: tuple[Method, BaseModel, Any]) -> Any:
+    """One task of a method (shipped to a worker by reference with the method and its parameters)."""
+    method, params, work = task
+    return method.run(work, payload, params)
+
+
+class ReduceStage(TaskStage):
+    name = "REDUCE"
+    compute = staticmethod(run_method_task)
+
+    def __init__(self, store: Store, model: PreparedModel, layer: str, activations: Output, method: Method,
+                 params: BaseModel, source: PreparedSource | None, settings: ReduceSettings, classes: tuple[str, ...],
+                 probe_id: str, probe: Any = None):
+        self.model, self.layer, self.activations, self.method, self.params = model, layer, activations, method, params
+        self.source, self.settings, self.classes, self.probe = source, settings, classes, probe
+        concept_set = source.concepts.id if source else "none"
+        encoder = source.encoder_id if source else "none"
+        key = stage_key("REDUCE", method.writes, VERSIONS[method.writes], method=method.name,
+                        params=params.model_dump(mode="json"), activations=activations.dataset.key,
+                        source=source.data_key() if source else None, top_k=settings.top_k, dtype=settings.dtype,
+                        seed=settings.seed)
+        self.dataset = store.dataset(f"labels/{model.checkpoint_id}/{probe_id}/{layer}/{method.name}__{concept_set}__{encoder}",
+                                     key, method.writes)
+        self.expected = self._expected_rows()
+        title = f"{model.label}/{layer}/{source.name if source else '-'}: {method.name}"
+        super().__init__(title, [Output("labels", self.dataset, {0: self.expected})],
+                         [activations.path, *(source.data_paths() if source else [])])
+        self._marker: dict[str, Any] = {}
+
+    def _expected_rows(self) -> int | None:
+        if self.method.writes != "labels" or self.source is None:
+            return None
+        return self.model.units[self.layer] * min(self.settings.top_k, len(self.source.concepts))
+
+    def payload_key(self) -> tuple[str, ...]:
+        return (self.activations.path, self.source.name if self.source else "")
+
+    def load(self) -> LayerInputs:
+        acts = read_activations(self.activations.dataset.read(), self.model.block_sizes[self.layer])
+        inputs = LayerInputs(self.model.label, self.layer, acts.image_ids, acts.values, acts.block_size, self.settings,
+                             probe=self.probe)
+        if self.source is not None:
+            scores, keep = self.source.load(acts.image_ids)
+            inputs.image_ids = [acts.image_ids[i] for i in keep]
+            inputs.activations = np.ascontiguousarray(acts.values[keep]) if len(keep) != len(acts.image_ids) else acts.values
+            inputs.concepts, inputs.scores = self.source.concepts, scores
+            inputs.truth = self._truth(inputs.units)
+        return inputs
+
+    def _truth(self, units: int) -> list[int] | None:
+        """Each output unit's own class, when a layer has one unit per class and the concepts name them all."""
+        assert self.source is not None
+        if units != len(self.classes) or not set(self.classes) <= set(self.source.concepts.concepts):
+            return None
+        return self.source.concepts.index_of(list(self.classes))
+
+    def tasks(self, part: int, payload: LayerInputs) -> list[Any]:
+        return [(self.method, self.params, task) for task in self.method.tasks(payload, self.params)]
+
+    def assemble(self, part: int, results: list[Any], payload: LayerInputs) -> dict[str, pa.Table]:
+        output = self.method.assemble(results, payload, self.params)
+        self._marker = {**output.marker, "images": len(payload.image_ids), "units": payload.units}
+        return {"labels": output.table}
+
+    def marker(self, output: Output) -> dict[str, Any]:
+        return {"method": self.method.name, "params": self.params.model_dump(mode="json"), **self._marker}
+
+    def counts(self) -> dict[str, Any]:
+        return {k: v for k, v in self._marker.items() if k in ("images", "units")} | (
+            {"concepts": len(self.source.concepts)} if self.source else {})

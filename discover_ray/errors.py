@@ -1,0 +1,74 @@
+"""User errors: one family, so the CLI and the jobs print them as one clear line (exit 2).
+
+Anything raised that is not a ``DiscoverError`` is a bug and shows its traceback. Each class also derives
+from the built-in exception a Python caller would expect (``ValueError`` for bad values, ``KeyError`` for
+unknown names, ``FileNotFoundError`` for missing inputs), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointMismatch",
+    "ConfigError",
+    "DatasetError",
+    "DiscoverError",
+    "IncompatibleRuns",
+    "InputChanged",
+    "InputNotFound",
+    "ProbeError",
+    "ReportFolderError",
+    "RunNotFound",
+    "UnknownName",
+    "WeightsUnavailableError",
+]
+
+
+class DiscoverError(Exception):
+    """Bad input or a state of the store the user can fix; the message says what and how."""
+
+    def __str__(self) -> str:  # KeyError would quote its message
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class ConfigError(DiscoverError, ValueError):
+    """The config cannot be used; the message names the field and what is wrong."""
+
+
+class ProbeError(DiscoverError, ValueError):
+    """The probe set cannot be used as given; the message says why and what to change."""
+
+
+class CheckpointMismatch(DiscoverError, ValueError):
+    """The checkpoint's tensors do not fit the model's parameters."""
+
+
+class WeightsUnavailableError(DiscoverError, RuntimeError):
+    """Pretrained weights were asked for but cannot be had here (offline, not cached)."""
+
+
+class UnknownName(DiscoverError, KeyError, ValueError):
+    """A layer, method, model, concept source or image that does not exist; the message lists the valid ones."""
+
+
+class InputNotFound(DiscoverError, FileNotFoundError):
+    """A file the job reads (checkpoint, concept file, probe source) is not there."""
+
+
+class InputChanged(DiscoverError, RuntimeError):
+    """An input changed while a run was using it."""
+
+
+class RunNotFound(DiscoverError, FileNotFoundError):
+    """No finished run of that id in the store."""
+
+
+class DatasetError(DiscoverError, RuntimeError):
+    """A dataset of the store is incomplete or is not the one a run record names."""
+
+
+class IncompatibleRuns(DiscoverError, ValueError):
+    """Two runs that cannot be compared (other probe sets, other layers)."""
+
+
+class ReportFolderError(DiscoverError, FileExistsError):
+    """The report's destination holds files the report did not write."""

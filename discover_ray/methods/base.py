@@ -1,0 +1,137 @@
+"""The interface every labelling method implements, and what a method is given to work on.
+
+A method names its parameter model, what it ``needs`` from the pipeline and which table it ``writes``
+(a kind of ``discover_ray.schema``). Its work on one layer is a list of plain ``tasks`` (e.g. shards of
+the concept axis, chunks of neurons), each run by ``run`` anywhere (in this process or in a Ray task) on
+the layer's ``LayerInputs``; ``assemble`` turns their results into the table and the extra facts
+(e.g. neuron identification) that go into the dataset's marker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import torch
+from pydantic import BaseModel, ValidationError
+
+from discover_ray.concepts import ConceptSet
+from discover_ray.errors import ConfigError
+
+__all__ = ["NEEDS", "ConceptScores", "LayerInputs", "Method", "MethodOutput", "ReduceSettings"]
+
+#: What a method may ask the pipeline for:
+#: - activations: the layer's pooled activations A [N, K] over the probe set (rows aligned with P);
+#: - concept_scores: P [N, M] from a concept source, as a matrix or as image and concept embeddings;
+#: - top_images: each unit's most activating probe images (derived from the activations);
+#: - image_bytes: the probe images themselves (opened where the task runs);
+#: - splits: a seeded train / validation split of the probe images;
+#: - backends: model backends (captioner, summariser, generator) of the run's config.
+NEEDS = frozenset({"activations", "concept_scores", "top_images", "image_bytes", "splits", "backends"})
+
+
+@dataclass(frozen=True)
+class ReduceSettings:
+    """Settings every method of a run shares (``reduce:`` in the config)."""
+
+    top_k: int = 5
+    dtype: str = "float32"
+    concept_shard: int = 8192
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ConceptScores:
+    """P, the image–concept scores: a matrix [N, M] (label concepts) or image [N, d] and concept [M, d]
+    embeddings (CLIP concepts), rows aligned with the activation rows."""
+
+    scores: np.ndarray | None = None
+    image_emb: np.ndarray | None = None
+    concept_emb: np.ndarray | None = None
+
+    @property
+    def n_concepts(self) -> int:
+        if self.scores is not None:
+            return int(self.scores.shape[1])
+        assert self.concept_emb is not None
+        return int(self.concept_emb.shape[0])
+
+    def kwargs(self) -> dict[str, torch.Tensor]:
+        """P as the similarity kernels take it (``concept_scores=`` or ``image_emb=`` + ``concept_emb=``)."""
+        if self.scores is not None:
+            return {"concept_scores": _tensor(self.scores)}
+        return {"image_emb": _tensor(self.image_emb), "concept_emb": _tensor(self.concept_emb)}
+
+
+@dataclass
+class LayerInputs:
+    """Everything a method's tasks may read for one (model, layer, concept source)."""
+
+    model: str
+    layer: str
+    image_ids: list[str]
+    activations: np.ndarray  # [N, K] float32
+    block_size: int
+    settings: ReduceSettings
+    concepts: ConceptSet | None = None
+    scores: ConceptScores | None = None
+    truth: list[int] | None = None  # each unit's true concept index (a classifier's output layer), when known
+    probe: Any = None  # pipeline.chunks.ProbeHandle, for methods that need image bytes
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def units(self) -> int:
+        return int(self.activations.shape[1])
+
+
+@dataclass
+class MethodOutput:
+    """A method's result on one layer: its table (of the kind it ``writes``) and facts for the marker."""
+
+    table: pa.Table
+    marker: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """A labelling method. Subclasses set the class attributes and implement ``tasks``, ``run``, ``assemble``."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+    needs: ClassVar[frozenset[str]] = frozenset({"activations"})
+    writes: ClassVar[str] = "labels"
+    #: whether the method ranks concepts of a concept set (then it is run once per concept source)
+    per_concept_source: ClassVar[bool] = True
+
+    def params(self, given: dict[str, Any] | None) -> BaseModel:
+        """The method's parameters with defaults filled in; a misspelt or bad one is an error naming it."""
+        try:
+            return self.Params(**(given or {}))
+        except ValidationError as err:
+            fields = ", ".join(self.Params.model_fields)
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '?'}: {e['msg']}" for e in err.errors())
+            raise ConfigError(f"bad parameters for method {self.name!r}: {problems} (valid: {fields})") from None
+
+    def check(self, params: BaseModel, images: int) -> None:
+        """Raise before any work if the method cannot run on a probe set of ``images`` images."""
+
+    def tasks(self, inputs: LayerInputs, params: BaseModel) -> Sequence[Any]:
+        return [None]
+
+    def run(self, task: Any, inputs: LayerInputs, params: BaseModel) -> Any:
+        raise NotImplementedError
+
+    def assemble(self, results: list[Any], inputs: LayerInputs, params: BaseModel) -> MethodOutput:
+        raise NotImplementedError
+
+
+def _tensor(array: np.ndarray | None) -> torch.Tensor:
+    """A tensor over an array that may be a read-only object-store view; the kernels only read it."""
+    import warnings
+
+    assert array is not None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)

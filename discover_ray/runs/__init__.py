@@ -1,0 +1,20 @@
+"""Run records: typed (pydantic), written per attempt, promoted on success; read back without Ray."""
+
+from discover_ray.runs.attempts import Attempt
+from discover_ray.runs.read import list_runs, load_attempts, load_run, read_labels, referenced_datasets
+from discover_ray.runs.record import (
+    CompetitionInfo,
+    FailedImage,
+    Identification,
+    LabelEntry,
+    ModelInfo,
+    ProbeInfo,
+    RunRecord,
+    StageEvent,
+    versions,
+)
+
+__all__ = [
+    "Attempt", "CompetitionInfo", "FailedImage", "Identification", "LabelEntry", "ModelInfo", "ProbeInfo", "RunRecord",
+    "StageEvent", "list_runs", "load_attempts", "load_run", "read_labels", "referenced_datasets", "versions",
+]

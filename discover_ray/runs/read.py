@@ -1,0 +1,84 @@
+"""Reading runs back, without Ray: a run's record, its attempts, its label tables, what it references."""
+
+from __future__ import annotations
+
+from discover_ray.errors import RunNotFound, UnknownName
+from discover_ray.runs.attempts import ATTEMPT_FILE, RUN_FILE, attempt_folder
+from discover_ray.runs.record import LabelEntry, RunRecord, StageEvent
+from discover_ray.schema import Labels
+from discover_ray.store import Store, safe_segment
+
+__all__ = ["list_runs", "load_attempts", "load_run", "read_labels", "referenced_datasets"]
+
+
+def list_runs(store: Store | str) -> list[str]:
+    return Store.of(store).listdir("runs")
+
+
+def load_attempts(store: Store | str, run_id: str) -> list[RunRecord]:
+    """Every attempt of a run, oldest first, with its events (a killed attempt stays ``running``)."""
+    store = Store.of(store)
+    out = []
+    for attempt in store.listdir(f"runs/{safe_segment(run_id, 'run id')}/attempts"):
+        folder = attempt_folder(run_id, attempt)
+        if not store.exists(f"{folder}/{ATTEMPT_FILE}"):
+            continue
+        header = store.read_json(f"{folder}/{ATTEMPT_FILE}")
+        events = [StageEvent.model_validate(store.read_json(f"{folder}/events/{name}"))
+                  for name in store.listdir(f"{folder}/events") if name.endswith(".json")]
+        out.append(RunRecord.model_validate({**header, "stages": [e.model_dump() for e in events]}))
+    return out
+
+
+def load_run(store: Store | str, run_id: str) -> RunRecord:
+    """The record of a run's latest successful attempt; a run that never succeeded is an error saying why."""
+    store = Store.of(store)
+    relative = f"runs/{safe_segment(run_id, 'run id')}/{RUN_FILE}"
+    if store.exists(relative):
+        return RunRecord.model_validate(store.read_json(relative))
+    attempts = load_attempts(store, run_id)
+    if attempts:
+        last = attempts[-1]
+        why = f": {last.error}" if last.error else ""
+        raise RunNotFound(f"run {run_id} has not succeeded yet; its latest attempt ({last.attempt}) is {last.status}{why}")
+    known = list_runs(store)
+    raise RunNotFound(f"no run {run_id!r} under {store.root}; runs there: {known[:20] or 'none'}")
+
+
+def read_labels(
+    store: Store | str, run_id: str, layer: str, method: str | None = None, model: str | None = None,
+) -> list[tuple[LabelEntry, Labels]]:
+    """The label tables of ``layer`` in a run (optionally one method / model), with what each one is."""
+    store = Store.of(store)
+    run = load_run(store, run_id)
+    chosen = [
+        e for e in run.labels
+        if e.table == "labels" and e.layer == layer and (method is None or e.method == method)
+        and (model is None or e.model == model)
+    ]
+    if not chosen:
+        layers = sorted({e.layer for e in run.labels})
+        methods = sorted({e.method for e in run.labels})
+        raise UnknownName(
+            f"run {run_id} has no labels for layer {layer!r}"
+            + (f", method {method!r}" if method else "")
+            + (f", model {model!r}" if model else "")
+            + f"; layers: {layers}, methods: {methods}"
+        )
+    return [(e, Labels(store.committed(e.dataset).read())) for e in chosen]
+
+
+def referenced_datasets(store: Store | str) -> set[str]:
+    """Every dataset a run record or an attempt of any run names (what garbage collection keeps)."""
+    store = Store.of(store)
+    found: set[str] = set()
+    for run_id in list_runs(store):
+        records = load_attempts(store, run_id)
+        if store.exists(f"runs/{run_id}/{RUN_FILE}"):
+            records.append(load_run(store, run_id))
+        for record in records:
+            found.update(record.outputs)
+            found.update(e.dataset for e in record.labels)
+            found.update(path for m in record.models.values() for path in m.layers.values())
+            found.update(path for s in record.stages for path in s.outputs)
+    return found

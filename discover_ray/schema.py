@@ -1,0 +1,339 @@
+"""Every table the store holds, defined once: how each is written and how each is read back.
+
+Tables:
+
+- ``activations``: one row per probe image, ``image_id`` then one float32 column per unit (``u00042``, or
+  ``b0012_u03`` inside LWTA blocks of U), plus ``position_active_fraction`` for LWTA layers (the fraction
+  of the layer's unpooled outputs that are non-zero: exactly 1/U at every position).
+- ``labels``: ranked concept labels, one row per (unit, rank): unit, block, index_in_block, rank,
+  concept, concept_index, score.
+- ``image_embeddings`` / ``concept_embeddings``: an id column and a fixed-size float32 ``embedding``.
+- ``pixels``: decoded probe images in one preprocessing's input geometry (uint8, H×W×3 per row).
+- ``explanations``: weighted multi-concept explanations (Linear Explanations): one row per (unit, term)
+  with the term's concept and weight, the unit's bias, validation correlation and whether it is dead.
+- ``descriptions``: free-text descriptions with their candidates (Describe-and-Dissect): one row per
+  (unit, candidate) with the candidate's text, score and whether it was chosen.
+- ``scores``: per-unit scores of any description (simulation correlation, verification AUC, ...).
+
+Shard tables carry the images that failed to load in their metadata (``discover.failed``: image id,
+reason, position in the probe set). ``VERSIONS`` is part of every stage key: changing a table's layout
+bumps its version and recomputes what depends on it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = [
+    "VERSIONS",
+    "Activations",
+    "Descriptions",
+    "Explanations",
+    "Labels",
+    "Scores",
+    "activation_table",
+    "concept_embedding_table",
+    "description_table",
+    "explanation_table",
+    "failed_of",
+    "image_embedding_table",
+    "label_table",
+    "pixel_table",
+    "read_activations",
+    "read_embeddings",
+    "read_pixels",
+    "score_table",
+    "unit_columns",
+    "unit_names",
+    "with_failed",
+]
+
+VERSIONS: dict[str, int] = {
+    "activations": 2,
+    "labels": 1,
+    "image_embeddings": 1,
+    "concept_embeddings": 1,
+    "pixels": 1,
+    "explanations": 1,
+    "descriptions": 1,
+    "scores": 1,
+}
+
+FAILED_KEY = b"discover.failed"
+ACTIVE_FRACTION = "position_active_fraction"
+_UNIT = re.compile(r"^(u\d{5}|b\d{4}_u\d{2})$")
+
+Failed = tuple[str, str, int]  # image_id, reason, position in the probe set
+
+
+# -- shared ---------------------------------------------------------------------------------------------
+def unit_names(n_units: int, block_size: int = 1) -> list[str]:
+    """Column names: ``u00042``, or ``b0012_u03`` for units inside competition blocks of ``block_size``."""
+    if block_size <= 1:
+        return [f"u{i:05d}" for i in range(n_units)]
+    if n_units % block_size:
+        raise ValueError(f"{n_units} units do not split into blocks of {block_size}")
+    return [f"b{i // block_size:04d}_u{i % block_size:02d}" for i in range(n_units)]
+
+
+def unit_columns(names: Sequence[str]) -> list[str]:
+    """The unit columns among a table's column names, in order."""
+    return [n for n in names if _UNIT.match(n)]
+
+
+def _blocks(n_rows_units: np.ndarray, block_size: int) -> tuple[pa.Array, pa.Array]:
+    blocked = block_size > 1
+    block = pa.array(n_rows_units // block_size if blocked else [None] * len(n_rows_units), pa.int32())
+    index = pa.array(n_rows_units % block_size if blocked else [None] * len(n_rows_units), pa.int32())
+    return block, index
+
+
+def with_failed(table: pa.Table, failed: Sequence[Failed]) -> pa.Table:
+    """``table`` with the images that failed to load named in its metadata."""
+    metadata = dict(table.schema.metadata or {})
+    metadata[FAILED_KEY] = json.dumps([list(f) for f in failed]).encode()
+    return table.replace_schema_metadata(metadata)
+
+
+def failed_of(schema: pa.Schema) -> list[Failed]:
+    """The failed images a shard table names (none for tables that are not shards)."""
+    raw = (schema.metadata or {}).get(FAILED_KEY)
+    return [(str(i), str(why), int(at)) for i, why, at in json.loads(raw)] if raw else []
+
+
+def _fixed_list(values: np.ndarray) -> pa.Array:
+    width = values.shape[1] if values.ndim == 2 and values.shape[1] else 1
+    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1), pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, width)
+
+
+def _matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(array) == 0:
+        return np.zeros((0, 0), np.float32)
+    width = array.type.list_size
+    return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), width).astype(np.float32, copy=False)
+
+
+# -- activations ----------------------------------------------------------------------------------------
+def activation_table(
+    image_ids: Sequence[str], values: np.ndarray, block_size: int, *, failed: Sequence[Failed] = (),
+    active_fraction: np.ndarray | None = None, **metadata: str,
+) -> pa.Table:
+    """One shard of a layer: ``image_id``, a float32 column per unit, the LWTA position statistic if any."""
+    names = unit_names(values.shape[1], block_size) if values.size else []
+    columns: dict[str, pa.Array] = {"image_id": pa.array(list(image_ids), pa.string())}
+    for j, name in enumerate(names):
+        columns[name] = pa.array(np.ascontiguousarray(values[:, j], dtype=np.float32), pa.float32())
+    if active_fraction is not None:
+        columns[ACTIVE_FRACTION] = pa.array(np.asarray(active_fraction, np.float32), pa.float32())
+    meta = {"units": str(len(names)), "block_size": str(block_size), **metadata}
+    table = pa.table(columns).replace_schema_metadata({f"discover.{k}".encode(): str(v).encode() for k, v in meta.items()})
+    return with_failed(table, failed)
+
+
+@dataclass
+class Activations:
+    """A recorded layer: one row per image, one column per unit."""
+
+    image_ids: list[str]
+    units: list[str]
+    values: np.ndarray  # [images, units], float32
+    block_size: int = 1
+    active_fraction: np.ndarray | None = None  # [images]: LWTA layers' non-zero fraction over positions
+
+    def row(self, image_id: str) -> np.ndarray:
+        try:
+            return self.values[self.image_ids.index(image_id)]
+        except ValueError:
+            from discover_ray.errors import UnknownName
+
+            raise UnknownName(
+                f"image {image_id!r} is not in the probe set of this run (ids look like {self.image_ids[:3]})"
+            ) from None
+
+
+def read_activations(table: pa.Table, block_size: int = 1) -> Activations:
+    units = unit_columns(table.column_names)
+    values = np.empty((table.num_rows, len(units)), dtype=np.float32)
+    for j, name in enumerate(units):
+        values[:, j] = table[name].to_numpy()
+    fraction = table[ACTIVE_FRACTION].to_numpy() if ACTIVE_FRACTION in table.column_names else None
+    return Activations(table["image_id"].to_pylist(), units, values, block_size, fraction)
+
+
+# -- labels -----------------------------------------------------------------------------------------------
+def label_table(values: np.ndarray, index: np.ndarray, concepts: Sequence[str], block_size: int) -> pa.Table:
+    """Each unit's top-k concepts, best first: ``values`` and ``index`` are [units, k]."""
+    n_units, k = values.shape
+    names = unit_names(n_units, block_size)
+    unit = np.repeat(np.arange(n_units), k)
+    block, in_block = _blocks(unit, block_size)
+    return pa.table({
+        "unit": pa.array([names[u] for u in unit], pa.string()),
+        "block": block,
+        "index_in_block": in_block,
+        "rank": pa.array(np.tile(np.arange(k), n_units), pa.int16()),
+        "concept": pa.array([concepts[int(i)] for i in index.reshape(-1)], pa.string()),
+        "concept_index": pa.array(index.reshape(-1), pa.int32()),
+        "score": pa.array(values.reshape(-1).astype(np.float32), pa.float32()),
+    })
+
+
+@dataclass
+class Labels:
+    """A label table read back: each unit's ranked concepts."""
+
+    table: pa.Table
+    _ranked: dict[str, list[tuple[str, float]]] | None = field(default=None, repr=False)
+
+    def ranked(self) -> dict[str, list[tuple[str, float]]]:
+        """unit → [(concept, score), ...], best first; units in table order."""
+        if self._ranked is None:
+            rows: dict[str, list[tuple[int, str, float]]] = {}
+            for unit, rank, concept, score in zip(self.table["unit"].to_pylist(), self.table["rank"].to_pylist(),
+                                                  self.table["concept"].to_pylist(), self.table["score"].to_pylist(),
+                                                  strict=True):
+                rows.setdefault(unit, []).append((rank, concept, score))
+            self._ranked = {u: [(c, s) for _, c, s in sorted(r)] for u, r in rows.items()}
+        return self._ranked
+
+    def top(self) -> dict[str, tuple[str, float]]:
+        """unit → its best concept and score."""
+        return {u: r[0] for u, r in self.ranked().items() if r}
+
+    @property
+    def units(self) -> list[str]:
+        return list(self.ranked())
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def to_pylist(self) -> list[dict[str, Any]]:
+        return self.table.to_pylist()
+
+
+# -- embeddings ---------------------------------------------------------------------------------------------
+def image_embedding_table(image_ids: Sequence[str], embeddings: np.ndarray, failed: Sequence[Failed] = ()) -> pa.Table:
+    table = pa.table({"image_id": pa.array(list(image_ids), pa.string()), "embedding": _fixed_list(embeddings)})
+    return with_failed(table, failed)
+
+
+def concept_embedding_table(concepts: Sequence[str], embeddings: np.ndarray) -> pa.Table:
+    return pa.table({"concept": pa.array(list(concepts), pa.string()), "embedding": _fixed_list(embeddings)})
+
+
+def read_embeddings(table: pa.Table) -> tuple[list[str], np.ndarray]:
+    """(ids, [rows, d] float32) of an image or concept embedding table."""
+    id_column = "image_id" if "image_id" in table.column_names else "concept"
+    return table[id_column].to_pylist(), _matrix(table["embedding"])
+
+
+# -- pixels -----------------------------------------------------------------------------------------------
+def pixel_table(image_ids: Sequence[str], positions: Sequence[int], raw: np.ndarray, failed: Sequence[Failed]) -> pa.Table:
+    """One shard's decoded pixels: image_id, its position in the probe set, uint8 (H, W, 3) bytes per row."""
+    shape = list(raw.shape[1:])
+    width = int(np.prod(shape)) if len(raw) else 1
+    table = pa.table({
+        "image_id": pa.array(list(image_ids), pa.string()),
+        "index": pa.array(list(positions), pa.int64()),
+        "pixels": pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(width), len(image_ids), [None, pa.py_buffer(np.ascontiguousarray(raw).tobytes())]),
+    })
+    table = table.replace_schema_metadata({b"discover.shape": json.dumps(shape).encode()})
+    return with_failed(table, failed)
+
+
+def read_pixels(table: pa.Table, schema: pa.Schema) -> tuple[list[str], np.ndarray]:
+    """(image ids, uint8 [n, H, W, 3]) of (some rows of) a pixel table."""
+    shape = json.loads((schema.metadata or {})[b"discover.shape"])
+    width = int(np.prod(shape))
+    flat = table["pixels"].combine_chunks()
+    data = np.frombuffer(flat.buffers()[1], dtype=np.uint8)[flat.offset * width : (flat.offset + len(flat)) * width]
+    return table["image_id"].to_pylist(), data.reshape(len(flat), *shape)
+
+
+# -- explanations, descriptions, scores ---------------------------------------------------------------------
+def explanation_table(
+    units: Sequence[str], concepts: Sequence[Sequence[str]], concept_index: Sequence[Sequence[int]],
+    weights: Sequence[Sequence[float]], bias: Sequence[float], val_correlation: Sequence[float],
+    dead: Sequence[bool], block_size: int = 1,
+) -> pa.Table:
+    """One row per (unit, term); a dead unit gets one row with no concept."""
+    rows: dict[str, list[Any]] = {k: [] for k in ("position", "unit", "term", "concept", "concept_index", "weight",
+                                                  "bias", "val_correlation", "dead")}
+    for u, name in enumerate(units):
+        terms = list(zip(concepts[u], concept_index[u], weights[u], strict=True)) or [(None, None, None)]
+        for t, (concept, index, weight) in enumerate(terms):
+            for key, value in (("position", u), ("unit", name), ("term", t), ("concept", concept),
+                               ("concept_index", index), ("weight", weight), ("bias", bias[u]),
+                               ("val_correlation", val_correlation[u]), ("dead", bool(dead[u]))):
+                rows[key].append(value)
+    block, in_block = _blocks(np.asarray(rows["position"], dtype=np.int64), block_size)
+    return pa.table({
+        "unit": pa.array(rows["unit"], pa.string()), "block": block, "index_in_block": in_block,
+        "term": pa.array(rows["term"], pa.int16()), "concept": pa.array(rows["concept"], pa.string()),
+        "concept_index": pa.array(rows["concept_index"], pa.int32()), "weight": pa.array(rows["weight"], pa.float32()),
+        "bias": pa.array(rows["bias"], pa.float32()), "val_correlation": pa.array(rows["val_correlation"], pa.float32()),
+        "dead": pa.array(rows["dead"], pa.bool_()),
+    })
+
+
+@dataclass
+class Explanations:
+    """Weighted explanations read back: unit → ([(concept, weight), ...], bias, val_correlation, dead)."""
+
+    table: pa.Table
+
+    def by_unit(self) -> dict[str, tuple[list[tuple[str, float]], float, float, bool]]:
+        out: dict[str, tuple[list[tuple[str, float]], float, float, bool]] = {}
+        for row in self.table.to_pylist():
+            terms, *_ = out.setdefault(row["unit"], ([], row["bias"], row["val_correlation"], row["dead"]))
+            if row["concept"] is not None:
+                terms.append((row["concept"], row["weight"]))
+        return out
+
+
+def description_table(units: Sequence[str], candidates: Sequence[Sequence[tuple[str, float]]], chosen: Sequence[int]) -> pa.Table:
+    """One row per (unit, candidate description), with its score and whether it was chosen."""
+    unit, rank, text, score, best = [], [], [], [], []
+    for u, name in enumerate(units):
+        for r, (description, value) in enumerate(candidates[u]):
+            unit.append(name)
+            rank.append(r)
+            text.append(description)
+            score.append(value)
+            best.append(r == chosen[u])
+    return pa.table({"unit": pa.array(unit, pa.string()), "candidate": pa.array(rank, pa.int16()),
+                     "description": pa.array(text, pa.string()), "score": pa.array(score, pa.float32()),
+                     "chosen": pa.array(best, pa.bool_())})
+
+
+@dataclass
+class Descriptions:
+    table: pa.Table
+
+    def chosen(self) -> dict[str, tuple[str, float]]:
+        return {r["unit"]: (r["description"], r["score"]) for r in self.table.to_pylist() if r["chosen"]}
+
+
+def score_table(units: Sequence[str], metric: str, values: Sequence[float]) -> pa.Table:
+    """One row per unit: a named score of its description (e.g. simulation correlation)."""
+    return pa.table({"unit": pa.array(list(units), pa.string()), "metric": pa.array([metric] * len(units), pa.string()),
+                     "value": pa.array(np.asarray(values, np.float32), pa.float32())})
+
+
+@dataclass
+class Scores:
+    table: pa.Table
+
+    def by_unit(self, metric: str) -> dict[str, float]:
+        return {r["unit"]: r["value"] for r in self.table.to_pylist() if r["metric"] == metric}
