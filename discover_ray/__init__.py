@@ -24,9 +24,9 @@ _API = {
     "dissect": "discover_ray.dissection",
     "DissectResult": "discover_ray.dissection",
     "run_identity": "discover_ray.dissection",
-    "load_train_config": "discover_ray.train.config",
-    "TrainConfig": "discover_ray.train.config",
-    "train": "discover_ray.train",
+    "load_train_config": "discover_ray.training.config",
+    "TrainConfig": "discover_ray.training.config",
+    "train": "discover_ray.training",
     "load_run": "discover_ray.runs",
     "load_attempts": "discover_ray.runs",
     "read_labels": "discover_ray.runs",
@@ -44,7 +44,31 @@ _API = {
 }
 _RENAMED = {"collect_garbage": "collect"}
 
-__all__ = ["__version__", *_API]
+__all__ = [
+    "__version__",
+    "load_config",
+    "DissectConfig",
+    "dissect",
+    "DissectResult",
+    "run_identity",
+    "load_train_config",
+    "TrainConfig",
+    "train",
+    "load_run",
+    "load_attempts",
+    "read_labels",
+    "RunRecord",
+    "build_report",
+    "explain_image",
+    "layer_sparsity",
+    "compare_runs",
+    "collect_garbage",
+    "register_method",
+    "register_source",
+    "register_family",
+    "DiscoverError",
+    "Store",
+]
 
 
 def __getattr__(name: str) -> Any:

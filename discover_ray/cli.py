@@ -344,7 +344,7 @@ def sparsity(
 
         view = Table(title=f"run {run}: active fraction per example")
         for name in ("model", "layer", "U", "units", "recorded (pooled)", "per position"):
-            view.add_column(name)
+            view.add_column(name, no_wrap=name not in ("model", "layer"))
         for row in layer_sparsity(store, run):
             position = row.per_position
             view.add_row(row.model, row.layer, str(row.block_size), str(row.pooled.units),

@@ -23,7 +23,7 @@ from rich.console import Console
 from discover_ray import world
 from discover_ray.config import load_config
 from discover_ray.dissection import dissect
-from discover_ray.train.config import load_train_config
+from discover_ray.training.config import load_train_config
 
 __all__ = ["CLIP_MODEL", "METHODS", "TARGETS", "TWINS", "LoopResult", "LoopSizes", "run_loop", "write_config"]
 
@@ -80,10 +80,10 @@ def write_config(path: Path, config: dict[str, Any], command: str, console: Cons
     """``config`` as YAML at ``path``, unless the file holds an edited config (then that is kept and used)."""
     text = HEADER.format(command=command, path=path) + yaml.safe_dump(config, sort_keys=False)
     stamp = path.with_name(f".{path.name}.written")
-    if path.exists() and path.read_text() != text:
-        if not stamp.exists() or stamp.read_text() != path.read_text():
-            console.print(f"keeping edited {path}", highlight=False)
-            return path
+    edited = path.exists() and path.read_text() != text and (not stamp.exists() or stamp.read_text() != path.read_text())
+    if edited:
+        console.print(f"keeping edited {path}", highlight=False)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     stamp.write_text(text)
@@ -142,7 +142,7 @@ def run_loop(root: str | Path = "./discover-demo", seed: int = 0, sizes: LoopSiz
     from discover_ray.encoders.clip import ClipEncoder, ClipSpec
     from discover_ray.on_ray.cluster import connect
     from discover_ray.report import build_report
-    from discover_ray.train import train
+    from discover_ray.training import train
 
     sizes = sizes or LoopSizes()
     console = console or Console()

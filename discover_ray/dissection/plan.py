@@ -65,7 +65,7 @@ class Plan:
                              table=r.method.writes)
                   for r in self.reduces]
         outputs = sorted({o.path for s in self.stages for o in s.outputs})
-        return RunRecord(run_id=self.run_id, name=c.name, status="running", attempt="", started="", config=stored,
+        return RunRecord(run_id=self.run_id, name=stored["name"], status="running", attempt="", started="", config=stored,
                          inputs=self.inputs, probe=probe, models=models, labels=labels, outputs=outputs)
 
 

@@ -1,2 +1,2 @@
 """Everything that runs on Ray besides training: the Ray executor of the pipeline, joining a cluster, and
-submitting dissections as Ray jobs. With ``discover_ray.train`` the only part of the library that imports Ray."""
+submitting dissections as Ray jobs. With ``discover_ray.training`` the only part of the library that imports Ray."""

@@ -25,13 +25,11 @@ from discover_ray.errors import InputChanged, ProbeError
 from discover_ray.pipeline.stage import Head, ShardOutput
 from discover_ray.probe import ProbeSet, decode_images, preprocess_batch
 from discover_ray.probe.pixels import PixelFormat
-from discover_ray.schema import failed_of, pixel_table, read_pixels
+from discover_ray.schema import failed_of, read_pixels
 from discover_ray.store import Store
 
-__all__ = ["CARRIED", "ChunkSource", "Heads", "ModelPass", "PixelCache", "ProbeHandle", "ShardAssembler",
-           "chunk_rows", "shard_pixels"]
-
-PIXEL_ROW_GROUP = 256
+__all__ = ["CARRIED", "ChunkSource", "Heads", "LoadThen", "ModelPass", "PixelCache", "ProbeHandle", "ShardAssembler",
+           "chunk_ids", "chunk_rows"]
 CARRIED = ("shard", "chunk", "image_ids", "failed")  # what a chunk carries besides its pixels and outputs
 
 
@@ -165,13 +163,6 @@ class ChunkSource:
         table = table.filter(pa.array((index >= start) & (index < stop)))
         ids, pixels = read_pixels(table, schema)
         return {**_chunk(batch, ids, failed), "pixels": cache.format.to_tensor(pixels).numpy()[None]}
-
-
-def shard_pixels(image_ids: list[str], first: int, probe_ids: Sequence[str], raw: np.ndarray,
-                 failed: list[tuple[str, str, int]]) -> pa.Table:
-    """A shard's pixel-cache part (positions from the probe order, ``first`` the shard's first position)."""
-    position = {image_id: first + i for i, image_id in enumerate(probe_ids)}
-    return pixel_table(image_ids, [position[i] for i in image_ids], raw, failed)
 
 
 def _overlapping_groups(metadata: pq.FileMetaData, start: int, stop: int) -> list[int]:

@@ -8,7 +8,6 @@ copied to ``runs/{run_id}/run.json``.
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import datetime, timezone
 
@@ -39,7 +38,7 @@ class Attempt:
 
     @classmethod
     def begin(cls, store: Store, record: RunRecord) -> Attempt:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")  # attempts sort by when they started
         record = record.model_copy(update={"attempt": f"{stamp}-{uuid.uuid4().hex[:8]}", "status": "running",
                                            "started": _now()})
         return cls(store, record)

@@ -217,7 +217,11 @@ class Dataset:
         for index in marker["parts"]:
             with self.store.fs.open(self.part_path(index), "rb") as handle:
                 tables.append(pq.read_table(handle, columns=columns))
-        return pa.concat_tables(tables) if tables else pa.table({})
+        return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+    def read_part(self, index: int, columns: list[str] | None = None) -> pa.Table:
+        with self.store.fs.open(self.part_path(index), "rb") as handle:
+            return pq.read_table(handle, columns=columns)
 
     def failed(self) -> list[tuple[str, str, int]]:
         """The images every part names as failed to load."""

@@ -1,6 +1,6 @@
 """Description quality where the truth is known: the world loop's dissections scored against the world.
 
-Runs (or reuses) the product loop of ``jobs/world_loop.py`` under ``--root`` — a tiny CLIP trained on the
+Runs (or reuses) the product loop of ``discover_ray.demo.loop`` under ``--root`` — a tiny CLIP trained on the
 world's captions, a small CNN and a tiny ViT trained on its colour × shape classes, each with its CVN
 twin — and scores every dissection, for both concept sources (the probe's labels with colour and shape
 superclasses, and the tiny CLIP over the world's 22-concept vocabulary) and every similarity method:
@@ -27,12 +27,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from discover_ray import world  # noqa: E402
-from discover_ray.analyze import read_activations, top_labels  # noqa: E402
+from discover_ray import Store, load_run, world  # noqa: E402
+from discover_ray.analyze import read_activations  # noqa: E402
+from discover_ray.demo.loop import TARGETS, TWINS, LoopSizes, run_loop  # noqa: E402
 from discover_ray.evaluate.ground_truth import agreement, best_truth_concepts  # noqa: E402
-from discover_ray.runs import LabelEntry, load_run  # noqa: E402
-from discover_ray.store import Store  # noqa: E402
-from jobs.world_loop import TARGETS, TWINS, LoopSizes, run_loop  # noqa: E402
+from discover_ray.schema import Labels  # noqa: E402
 
 
 def score(result, sizes: LoopSizes, seed: int) -> list[dict]:
@@ -43,14 +42,14 @@ def score(result, sizes: LoopSizes, seed: int) -> list[dict]:
     rows = []
     for name, target in result.targets.items():
         run = load_run(store, target["run_id"])
-        identification = {(i["source"], i["method"]): i["top1"] for i in run["identification"]}
+        identification = {(i.source, i.method): i.top1 for i in run.identification}
         classifier = TARGETS[name]["layers"][-1]
-        for entry in (LabelEntry(**e) for e in run["labels"]):
+        for entry in run.labels:
             if entry.layer == classifier:
                 continue
             recorded = read_activations(store, run, entry.model, entry.layer)
             order = [int(i.rsplit("/", 1)[1]) for i in recorded.image_ids]  # world/000123 → row 123
-            labels = top_labels(store.dataset(entry.dataset).read())
+            labels = Labels(store.committed(entry.dataset).read()).top()
             concepts = (vocabulary if entry.source.startswith("clip")
                         else list(world.class_names()) + list(world.COLOURS) + list(world.SHAPES))
             columns = [vocabulary.index(c) for c in concepts]

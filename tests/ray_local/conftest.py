@@ -1,5 +1,5 @@
 """One local Ray cluster per test session, a folder of generated probe images, a tiny job config, and tiny DeiT
-CVN dissections shared by the analysis and report tests."""
+CVN dissections shared by the analysis and report tests (run in-process: they test reading, not Ray)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,11 @@ def tiny_config(probe_source: Path | str, store_root: Path | str, **changes: Any
     return config
 
 
+def activations(store: Any, record: Any, layer: str, model: str = "tiny_cnn") -> Any:
+    """The activation dataset of ``model``/``layer`` that a run record names."""
+    return store.committed(record.models[model].layers[layer])
+
+
 def snapshot(root: Path | str) -> dict[str, str]:
     """sha256 of every file under ``root`` except run records (which note each attempt)."""
     root = Path(root)
@@ -99,17 +104,16 @@ class DeitRuns:
 
 
 @pytest.fixture(scope="session")
-def deit_runs(ray_cluster, world_folder, tmp_path_factory) -> DeitRuns:
-    """A tiny DeiT CVN at two initialisations and its GELU twin, dissected with label concepts."""
+def deit_runs(world_folder, tmp_path_factory) -> DeitRuns:
+    """A tiny DeiT CVN at two initialisations and its GELU twin, dissected with label concepts, in this process."""
     from rich.console import Console
 
-    from discover_ray.config import load_config
-    from discover_ray.stages import dissect
+    from discover_ray import dissect, load_config
 
     root = tmp_path_factory.mktemp("deit")
     twin = {**TINY_DEIT_CVN, "name": "deit_tiny_patch16_224"}
     runs = []
     for model, seed in ((TINY_DEIT_CVN, 0), (TINY_DEIT_CVN, 1), (twin, 0)):
         raw = tiny_config(world_folder, root, models=[model], concepts=[{"kind": "labels"}], seed=seed)
-        runs.append(dissect(load_config(raw), console=Console(quiet=True)).run_id)
+        runs.append(dissect(load_config(raw), executor="local", console=Console(quiet=True)).run_id)
     return DeitRuns(root, *runs)

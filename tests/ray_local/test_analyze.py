@@ -6,14 +6,10 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from discover_ray import world
-from discover_ray.analyze import compare_runs, explain_image, layer_sparsity
+from discover_ray import compare_runs, dissect, explain_image, layer_sparsity, load_config, world
 from discover_ray.cli import app
-from discover_ray.config import load_config
-from discover_ray.stages import dissect
 from tests.ray_local.conftest import DeitRuns, tiny_config
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
 QUIET = Console(quiet=True)
 
 
@@ -37,10 +33,24 @@ def test_every_example_of_an_lwta_layer_lists_one_neuron_per_block(deit_runs: De
 
 def test_sparsity_of_an_lwta_layer_is_one_over_u(deit_runs: DeitRuns):
     root, run = deit_runs.root, deit_runs.cvn
-    stats = {layer: (block, s) for _, layer, block, s in layer_sparsity(root, run)}
-    block, lwta = stats["blocks.1.mlp.act"]
-    assert block == 16 and lwta.mean == pytest.approx(1 / 16) and lwta.std == pytest.approx(0.0) and lwta.examples == 72
-    assert stats["head"][1].mean > 0.9  # a linear classifier's outputs are rarely exactly 0
+    stats = {row.layer: row for row in layer_sparsity(root, run)}
+    lwta = stats["blocks.1.mlp.act"]
+    assert lwta.block_size == 16 and lwta.pooled.mean == pytest.approx(1 / 16) and lwta.pooled.std == pytest.approx(0.0)
+    assert lwta.pooled.examples == 72 and lwta.per_position.mean == pytest.approx(1 / 16)  # every token, not only CLS
+    assert stats["head"].pooled.mean > 0.9 and stats["head"].per_position is None  # no competition in the classifier
+
+
+def test_a_conv_lwta_layer_is_one_over_u_at_every_position(world_folder, tmp_path):
+    """Pooling a conv LWTA map over space mixes the positions' winners; at each position exactly 1/U win."""
+    model = {**tiny_config("x", "y")["models"][0], "name": "tiny_cnn_cvn2",
+             "kwargs": {"n_classes": len(world.class_names()), "competitors": 2}}
+    raw = tiny_config(world_folder, tmp_path / "runs", models=[model], concepts=[{"kind": "labels"}])
+    run = dissect(load_config(raw), executor="local", console=QUIET).run_id
+    relu2 = next(row for row in layer_sparsity(tmp_path / "runs", run) if row.layer == "relu2")
+    assert relu2.block_size == 2 and relu2.per_position.mean == pytest.approx(0.5) and relu2.per_position.std < 1e-6
+    assert relu2.pooled.mean > 0.6  # the spatial mean of the pooled units: most channels win somewhere
+    printed = CliRunner().invoke(app, ["sparsity", run, "--store", str(tmp_path / "runs")], env={"COLUMNS": "200"})
+    assert printed.exit_code == 0 and "0.5000 ± 0.0000" in " ".join(printed.output.split())
 
 
 def test_comparing_two_checkpoints_gives_label_stability_per_layer(deit_runs: DeitRuns):
@@ -67,8 +77,9 @@ def test_final_layer_evaluation_records_the_paired_text_cosine(world_folder, tmp
     paired cosine between each unit's top concept and its class, in the encoder's text space."""
     import numpy as np
 
+    from discover_ray import load_run, read_labels
     from discover_ray.evaluate import paired_embedding_cosine
-    from discover_ray.runs import load_run, read_labels
+    from discover_ray.schema import read_embeddings
     from discover_ray.store import Store
 
     concepts = tmp_path / "classes.txt"
@@ -76,14 +87,15 @@ def test_final_layer_evaluation_records_the_paired_text_cosine(world_folder, tmp
     raw = tiny_config(world_folder, tmp_path / "runs",
                       concepts=[{"kind": "clip", "model": "TinyCLIP-ViT-32", "concepts": str(concepts), "batch_size": 16}])
     raw["models"][0]["layers"] = ["fc"]
-    result = dissect(load_config(raw), console=QUIET)
+    result = dissect(load_config(raw), executor="local", console=QUIET)
     store = Store(str(tmp_path / "runs"))
-    (ident,) = [i for i in load_run(store, result.run_id)["identification"] if i["method"] == "cos"]
+    run = load_run(store, result.run_id)
+    (ident,) = [i for i in run.identification if i.method == "cos"]
     (entry, labels), = read_labels(store, result.run_id, "fc", method="cos")
-    texts = store.concept_embeddings(entry.encoder_id, entry.concept_set_id).read()
-    emb = np.stack(texts["embedding"].to_numpy(zero_copy_only=False))
-    names = texts["concept"].to_pylist()
+    (texts,) = [p for p in run.outputs if p.startswith(f"embeddings/{entry.encoder_id}/concepts/{entry.concept_set_id}/")]
+    names, emb = read_embeddings(store.committed(texts).read())
     truth = [names.index(name) for name in load_config(raw).probe.open().classes]  # unit i is the probe's class i
-    top = labels.filter(labels["rank"].to_numpy() == 0).sort_by("unit")
+    top = labels.table.filter(labels.table["rank"].to_numpy() == 0).sort_by("unit")
     expected = paired_embedding_cosine(emb, top["concept_index"].to_numpy(), truth)
-    assert ident["units"] == 9 and ident["text_cosine"] == pytest.approx(expected, rel=1e-6)
+    assert ident.units == 9 and ident.text_cosine == pytest.approx(expected, rel=1e-6)
+    assert np.isfinite(emb).all()

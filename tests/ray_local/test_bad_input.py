@@ -8,15 +8,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from discover_ray.config import load_config
+from discover_ray import dissect, load_config
 from discover_ray.demo import tiny_cnn
-from discover_ray.encoders.clip import WeightsUnavailableError
-from discover_ray.models import CheckpointMismatch
-from discover_ray.probe import ProbeError
-from discover_ray.stages import dissect
+from discover_ray.errors import CheckpointMismatch, DiscoverError, ProbeError, WeightsUnavailableError
 from tests.ray_local.conftest import snapshot, tiny_config
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
 QUIET = Console(quiet=True)
 
 
@@ -24,7 +20,7 @@ QUIET = Console(quiet=True)
 def earlier(world_folder, tmp_path_factory):
     """A store that already holds a finished dissection."""
     store = tmp_path_factory.mktemp("earlier") / "runs"
-    dissect(load_config(tiny_config(world_folder, store, concepts=[{"kind": "labels"}])), console=QUIET)
+    dissect(load_config(tiny_config(world_folder, store, concepts=[{"kind": "labels"}])), executor="local", console=QUIET)
     return store
 
 
@@ -59,20 +55,27 @@ def cases(tmp_path, world_folder):
         "unknown tag": (
             {"concepts": [{"kind": "clip", "model": "ViT-B-16", "pretrained": "no-such-tag", "concepts": "cifar10"}]},
             ValueError, "neither an open_clip tag of ViT-B-16"),
+        "layer name that is not a path segment": (
+            {"models": _model(layers=["relu2", "../relu2"])}, KeyError, "no layer '../relu2'"),
+        "missing concept file": (
+            {"concepts": [{"kind": "clip", "model": "TinyCLIP-ViT-32", "concepts": str(tmp_path / "none.txt")}]},
+            FileNotFoundError, "concept file .*none.txt.* not found"),
         "checkpoint that does not fit": (
             {"models": _model(checkpoint=str(checkpoint))}, CheckpointMismatch, "does not fit the model.*fc.weight"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing layer", "corrupt images over budget", "empty probe set",
-                                  "unknown tag offline", "unknown tag", "checkpoint that does not fit"])
+                                  "unknown tag offline", "unknown tag", "checkpoint that does not fit",
+                                  "layer name that is not a path segment", "missing concept file"])
 def test_bad_input_fails_clearly_and_keeps_earlier_outputs(case, earlier, world_folder, tmp_path):
     changes, error, message = cases(tmp_path, world_folder)[case]
     before = snapshot(earlier)
     raw = tiny_config(world_folder, earlier, **{"concepts": [{"kind": "labels"}], **changes})
     started = time.perf_counter()
-    with pytest.raises(error, match=message):
-        dissect(load_config(raw), console=QUIET)
+    with pytest.raises(error, match=message) as raised:
+        dissect(load_config(raw), executor="local", console=QUIET)
+    assert isinstance(raised.value, DiscoverError)  # a user error: the CLI prints it as one line (exit 2)
     assert time.perf_counter() - started < 30  # fails within seconds, not after a download retry loop
     after = snapshot(earlier)
     assert {name: after.get(name) for name in before} == before  # nothing earlier was removed or changed

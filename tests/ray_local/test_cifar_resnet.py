@@ -6,10 +6,7 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from discover_ray.config import load_config
-from discover_ray.report import build_report
-from discover_ray.runs import read_labels
-from discover_ray.stages import dissect
+from discover_ray import build_report, dissect, load_config, read_labels
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -46,22 +43,22 @@ def resnet20_run(tmp_path_factory):
 def test_resnet20_linear_units_are_their_classes(resnet20_run):
     config, result, printed = resnet20_run
     assert "neuron identification cifar_resnet20/linear (soft_wpmi, labels): top-1 100%" in printed
-    ident = next(i for i in result.identification if i["model"] == "cifar_resnet20")
-    assert ident["top1"] == 1.0 and ident["units"] == 10
+    ident = next(i for i in result.identification if i.model == "cifar_resnet20")
+    assert ident.top1 == 1.0 and ident.units == 10
     (_, table), = read_labels(config.store, result.run_id, "linear", model="cifar_resnet20")
     top = {row["unit"]: row["concept"] for row in table.to_pylist() if row["rank"] == 0}
     assert top == {f"u{i:05d}": name for i, name in enumerate(CLASSES)}
 
 
-def test_the_cvn_twin_of_the_same_weights_is_another_model_and_reads_the_decoded_pixels(resnet20_run):
+def test_the_cvn_twin_of_the_same_weights_is_another_model_in_the_same_pass(resnet20_run):
     _, result, _ = resnet20_run
-    models = result.record["models"]
+    models = result.record.models
     relu, cvn = models["cifar_resnet20"], models["cifar_resnet20_cvn2"]
-    assert relu["weights_sha256"] == cvn["weights_sha256"] == relu["checkpoint_id"]  # the file's sha256
-    assert cvn["checkpoint_id"] != relu["checkpoint_id"]  # its outputs are stored apart from the ReLU network's
-    first, second = (s for s in result.record["stages"] if s["stage"] == "RECORD")
-    assert first["pixels"]["shards_decoded"] == first["pixels"]["shards_cached"] == 2
-    assert second["pixels"]["shards_read"] == 2 and second["pixels"]["shards_decoded"] == 0
+    assert relu.weights_sha256 == cvn.weights_sha256 == relu.checkpoint_id  # the file's sha256
+    assert cvn.checkpoint_id != relu.checkpoint_id  # its outputs are stored apart from the ReLU network's
+    decode, first, second = (s for s in result.record.stages if s.stage in ("DECODE", "RECORD"))
+    assert first.counts["pass"] == second.counts["pass"] == ["DECODE", "RECORD", "RECORD"]  # one pass, decoded once
+    assert decode.counts["shards"] == 2 and first.counts["pixels"]["shards_decoded"] == 2
 
 
 @pytest.mark.browser

@@ -9,9 +9,11 @@ import pytest
 from PIL import Image
 from torchvision import transforms
 
+from discover_ray.dissection.stages.decode import PIXEL_ROW_GROUP
+from discover_ray.pipeline.chunks import ChunkSource, PixelCache, chunk_ids
 from discover_ray.probe import ProbeSet
 from discover_ray.probe.pixels import split_preprocess
-from discover_ray.stages.inference import PIXEL_ROW_GROUP, ChunkSource, PixelCache, pixel_table
+from discover_ray.schema import pixel_table
 from discover_ray.store import Store
 
 TRANSFORM = transforms.Compose([transforms.Resize(24), transforms.CenterCrop(24), transforms.ToTensor(),
@@ -36,26 +38,27 @@ def chunk(start: int, stop: int) -> dict[str, np.ndarray]:
 def test_a_cached_chunk_equals_the_decoded_chunk(probe, tmp_path):
     pixel_format = split_preprocess(TRANSFORM)
     store = Store(str(tmp_path / "store"))
-    dataset = store.pixels("probe", pixel_format.id)
-    cache = PixelCache(store.root, dataset.relative, "key", pixel_format, frozenset())
-    decoded = ChunkSource(probe, TRANSFORM, cache)(chunk(0, len(probe)))
-    ids = decoded["image_ids"][0].split("\n")
+    dataset = store.dataset(f"pixels/probe/{pixel_format.id}", "key", "pixels")
+    cache = PixelCache(store.root, dataset.relative, pixel_format, frozenset())
+    decoded = ChunkSource(probe, TRANSFORM, cache, raw_shards=frozenset({0}))(chunk(0, len(probe)))
+    ids = chunk_ids(decoded)
     failed = json.loads(decoded["failed"][0])
     assert len(ids) == 299 and failed[0][0] == "b/200.png" and "corrupt" in failed[0][1]
     raw = decoded["raw"][0]
     assert raw.dtype == np.uint8 and raw.shape == (299, 24, 24, 3)
     position = {im.image_id: i for i, im in enumerate(probe.images)}
-    dataset.write_part(0, pixel_table(ids, [position[i] for i in ids], raw, [(i, why, position[i]) for i, why in failed]),
+    assert failed[0][2] == position["b/200.png"]
+    dataset.write_part(0, pixel_table(ids, [position[i] for i in ids], raw, [tuple(f) for f in failed]),
                        row_group_size=PIXEL_ROW_GROUP, compression="none")
 
-    reader = ChunkSource(probe, TRANSFORM, PixelCache(store.root, dataset.relative, "key", pixel_format, frozenset({0})))
+    reader = ChunkSource(probe, TRANSFORM, PixelCache(store.root, dataset.relative, pixel_format, frozenset({0})))
     uncached = ChunkSource(probe, TRANSFORM)  # the plain per-image transform, no cache at all
     for start, stop in ((0, len(probe)), (10, 40), (250, 290), (96, 106)):
         got, want = reader(chunk(start, stop)), uncached(chunk(start, stop))
         assert "raw" not in got and "raw" not in want
         assert got["image_ids"][0] == want["image_ids"][0] and got["failed"][0] == want["failed"][0]
         assert np.array_equal(got["pixels"], want["pixels"])  # bit for bit
-    assert position["b/200.png"] == 250 and json.loads(reader(chunk(250, 290))["failed"][0]) == [["b/200.png", failed[0][1]]]
+    assert position["b/200.png"] == 250 and json.loads(reader(chunk(250, 290))["failed"][0]) == [["b/200.png", failed[0][1], 250]]
 
 
 def test_pixel_format_ids_name_what_the_head_does():

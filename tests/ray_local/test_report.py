@@ -8,11 +8,11 @@ from html.parser import HTMLParser
 import pytest
 from typer.testing import CliRunner
 
+from discover_ray import build_report
 from discover_ray.cli import app
-from discover_ray.report import build_report
+from discover_ray.errors import ReportFolderError
 from tests.ray_local.conftest import DeitRuns
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
 LWTA_LAYER = "blocks.1.mlp.act"
 
 
@@ -63,6 +63,7 @@ def test_the_report_holds_cards_examples_plots_and_the_twin(deit_report, deit_ru
     assert sources and all((folder / s).is_file() for s in sources)  # every thumbnail a card shows was written
     again = build_report(deit_runs.root, deit_runs.cvn, out=folder, examples=4, top_images=5, twin=deit_runs.twin)
     assert again.folder == folder and sorted(p.name for p in folder.parent.iterdir()) == ["cvn"]  # swapped in whole
+    assert (folder / ".discover-report").is_file()  # what makes the folder replaceable by the next report
 
 
 def test_report_errors_name_the_problem(deit_runs: DeitRuns, tmp_path):
@@ -78,6 +79,21 @@ def test_report_errors_name_the_problem(deit_runs: DeitRuns, tmp_path):
     assert "2 layer pages, 2 example pages" in printed.output and str(tmp_path / "c" / "index.html") in printed.output
     printed = runner.invoke(app, ["report", "nosuchrun", "--store", str(deit_runs.root)])
     assert printed.exit_code == 2 and "no run 'nosuchrun'" in printed.output
+
+
+def test_a_folder_the_report_did_not_write_is_refused_and_kept(deit_runs: DeitRuns, tmp_path):
+    theirs = tmp_path / "notes"
+    theirs.mkdir()
+    (theirs / "thesis.txt").write_text("someone's file")
+    with pytest.raises(ReportFolderError, match="not empty and holds no earlier report"):
+        build_report(deit_runs.root, deit_runs.cvn, out=theirs, examples=1)
+    printed = CliRunner().invoke(app, ["report", deit_runs.cvn, "--store", str(deit_runs.root), "--out", str(theirs)])
+    assert printed.exit_code == 2 and "nothing was written" in " ".join(printed.output.split())
+    assert sorted(p.name for p in theirs.iterdir()) == ["thesis.txt"] and (theirs / "thesis.txt").read_text() == "someone's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # no staging folder left behind
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert build_report(deit_runs.root, deit_runs.cvn, out=empty, examples=1).index.is_file()
 
 
 @pytest.mark.browser
@@ -114,11 +130,18 @@ def test_the_report_renders_in_chromium(deit_report, chromium, tmp_path):
 
     visible = "return Array.from(document.querySelectorAll('.card')).filter(c => !c.hidden)"
     concept = driver.execute_script(visible + "[0].querySelector('.label').firstChild.textContent.trim()")
+    word = concept.split()[-1]
     search = driver.find_element(By.ID, "search")
-    search.send_keys(concept.split()[-1])
-    matching = driver.execute_script(visible + ".map(c => c.dataset.concepts)")
-    assert 0 < len(matching) < 768 and all(concept.split()[-1] in text for text in matching)
-    assert driver.find_element(By.ID, "shown").text == f"{len(matching)} of 768 units"
+    search.send_keys(word)
+    found = driver.execute_script(visible + ".map(c => [JSON.parse(c.dataset.ranked), c.querySelector('.match').textContent])")
+    assert 0 < len(found) < 768 and driver.find_element(By.ID, "shown").text == f"{len(found)} of 768 units"
+    ranks = []
+    for ranked, note in found:  # every shown card says where it matched, its own label first
+        rank = next((i for i, c in enumerate(ranked) if word in c), None)
+        assert rank is not None or note.startswith("matches the label by")
+        assert note == ("matches its label" if rank == 0 else f"matches its concept #{rank + 1}" if rank else note)
+        ranks.append(len(ranked) + 1 if rank is None else rank)
+    assert ranks == sorted(ranks) and ranks[0] == 0  # units whose label matches come first
     search.clear()
     search.send_keys("no concept is called this")
     assert driver.execute_script(visible + ".length") == 0

@@ -26,8 +26,10 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ray_head(tmp_path) -> Iterator[tuple[str, dict[str, str]]]:
-    """``ray start --head --block`` in its own process group; SIGTERM to the group stops every process of it."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    """``ray start --head --block`` in its own process group; SIGTERM to the group stops every process of it.
+    Its environment names the store, as a cluster's does through a Kubernetes secret."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "SUBMIT_STORE": str(tmp_path / "runs")}
     dashboard = _free_port()
     command = [
         str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus", "2",
@@ -60,19 +62,31 @@ def ray_head(tmp_path) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 @pytest.mark.slow
-def test_submit_runs_the_job_and_a_second_submit_attaches(ray_head, world_folder, tmp_path):
+def test_submit_runs_the_job_attaches_to_the_same_content_and_starts_another_for_new_content(ray_head, world_folder, tmp_path):
+    import shutil
+
     address, env = ray_head
+    probe = tmp_path / "probe"
+    shutil.copytree(world_folder, probe)
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(world_folder, tmp_path / "runs", concepts=[{"kind": "labels"}])))
+    raw = tiny_config(probe, "${SUBMIT_STORE}", concepts=[{"kind": "labels"}], reduce={"methods": ["cos"], "top_k": 3})
+    config.write_text(yaml.safe_dump(raw))
     command = [sys.executable, "-m", "discover_ray.cli", "submit", str(config), "--address", address]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "submitted job dissect-" in first.stdout and "SUCCEEDED" in first.stdout
     runs = list((tmp_path / "runs" / "runs").iterdir())
-    assert len(runs) == 1
+    assert len(runs) == 1 and f"dissect-{runs[0].name}" in first.stdout  # the job is named by the run's content
     record = json.loads((runs[0] / "run.json").read_text())
     assert record["status"] == "succeeded" and record["identification"][0]["layer"] == "fc"
+    assert record["config"]["store"] == "${SUBMIT_STORE}"  # the job got the config as written, not the expansion
 
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "already exists (SUCCEEDED)" in second.stdout
+    assert "already exists (SUCCEEDED) for the same content" in second.stdout
+
+    (probe / "red circle" / "999.png").write_bytes(next(probe.rglob("*.png")).read_bytes())  # new content, same paths
+    third = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "submitted job dissect-" in third.stdout and "SUCCEEDED" in third.stdout
+    assert len(list((tmp_path / "runs" / "runs").iterdir())) == 2

@@ -11,15 +11,10 @@ import yaml
 from rich.console import Console
 from safetensors.torch import load_file
 
-from discover_ray import world
+from discover_ray import dissect, load_config, load_run, load_train_config, train, world
 from discover_ray.cli import run_train
-from discover_ray.config import load_config
-from discover_ray.runs import load_run
-from discover_ray.stages import dissect
 from discover_ray.store import Store
-from discover_ray.train import train
-from discover_ray.train.config import load_train_config
-from tests.ray_local.conftest import tiny_config
+from tests.ray_local.conftest import activations, tiny_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 QUIET = Console(quiet=True)
@@ -72,8 +67,11 @@ def test_one_epoch_writes_a_checkpoint_with_its_metrics(first_epoch):
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(first_epoch, world_folder, tmp_path):
     storage, first = first_epoch
-    resumed = train(train_config(world_folder, storage, epochs=2), console=QUIET)
+    console = Console(record=True, width=200)
+    resumed = train(train_config(world_folder, storage, epochs=2), console=console)
     assert resumed.trained_epochs == [1] and len(resumed.history) == 2
+    printed = console.export_text()  # a line per finished epoch (the workers' own output stays in Ray's logs)
+    assert "resuming after epoch 0" in printed and "tiny-cvn: epoch 1 | loss" in printed and "epoch 0 |" not in printed
     assert resumed.history[0] == first.history[0]
 
     straight = train(train_config(world_folder, tmp_path, epochs=2), console=QUIET)
@@ -107,14 +105,13 @@ def test_a_trained_cvn_dissects_with_columns_per_block(first_epoch, world_folder
     _, trained = first_epoch
     model = {**TINY_CVN, "checkpoint": trained.model_file, "layers": ["relu2", "pool2", "fc"]}
     config = load_config(tiny_config(world_folder, tmp_path / "runs", models=[model], concepts=[{"kind": "labels"}]))
-    result = dissect(config, console=QUIET)
+    result = dissect(config, executor="local", console=QUIET)
     store = Store(str(tmp_path / "runs"))
     run = load_run(store, result.run_id)
-    checkpoint, probe = run["models"]["tiny_cnn_cvn2"]["checkpoint_id"], run["probe"]["id"]
-    competition = run["models"]["tiny_cnn_cvn2"]["competition"]
-    assert competition["mode"] == "sample" and competition["passes"] == 1
-    assert competition["layers"]["relu2"] == {"competitors": 2, "tau": 0.67}
-    tables = {layer: store.activations(checkpoint, probe, layer).read() for layer in ("relu2", "pool2", "fc")}
+    competition = run.models["tiny_cnn_cvn2"].competition
+    assert competition.mode == "sample" and competition.passes == 1
+    assert competition.layers["relu2"] == {"competitors": 2, "tau": 0.67}
+    tables = {layer: activations(store, run, layer, "tiny_cnn_cvn2").read() for layer in ("relu2", "pool2", "fc")}
     relu2 = tables["relu2"]
     assert relu2.column_names[1:5] == ["b0000_u00", "b0000_u01", "b0001_u00", "b0001_u01"]
     assert relu2.schema.metadata[b"discover.block_size"] == b"2"

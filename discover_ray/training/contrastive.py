@@ -17,7 +17,7 @@ from torch import nn
 
 from discover_ray.errors import UnknownName
 from discover_ray.probe import ProbeError
-from discover_ray.train.data import LabelledImages
+from discover_ray.training.data import LabelledImages
 
 __all__ = ["CaptionedImages", "build_clip", "contrastive_step", "retrieval_top1"]
 

@@ -11,9 +11,9 @@ from discover_ray.config import ConfigError
 from discover_ray.cvn.objective import elbo_loss, predict
 from discover_ray.demo import tiny_cnn
 from discover_ray.probe import ProbeError, ProbeSet
-from discover_ray.train.config import load_train_config
-from discover_ray.train.data import LabelledImages
-from discover_ray.train.recipe import build_optimizer, learning_rate, train_transform
+from discover_ray.training.config import load_train_config
+from discover_ray.training.data import LabelledImages
+from discover_ray.training.recipe import build_optimizer, learning_rate, train_transform
 
 
 def config(**changes):

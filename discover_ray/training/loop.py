@@ -24,9 +24,9 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from discover_ray.cvn import active_fractions, tracking
-from discover_ray.train.config import TrainConfig
-from discover_ray.train.recipe import build_optimizer, build_scheduler
-from discover_ray.train.tasks import TASKS
+from discover_ray.training.config import TrainConfig
+from discover_ray.training.recipe import build_optimizer, build_scheduler
+from discover_ray.training.tasks import TASKS
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"

@@ -20,10 +20,10 @@ from discover_ray.cvn import lwta_modules
 from discover_ray.cvn.objective import elbo_loss, predict
 from discover_ray.errors import ConfigError
 from discover_ray.models import load_model
-from discover_ray.train.config import TrainConfig
-from discover_ray.train.contrastive import CaptionedImages, build_clip, contrastive_step
-from discover_ray.train.data import LabelledImages
-from discover_ray.train.recipe import train_transform
+from discover_ray.training.config import TrainConfig
+from discover_ray.training.contrastive import CaptionedImages, build_clip, contrastive_step
+from discover_ray.training.data import LabelledImages
+from discover_ray.training.recipe import train_transform
 
 __all__ = ["TASKS", "Built", "Classify", "Contrastive", "Step", "TrainTask"]
 

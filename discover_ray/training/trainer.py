@@ -13,8 +13,8 @@ from ray.train.torch import TorchTrainer
 from rich.console import Console
 
 from discover_ray.on_ray.cluster import connect
-from discover_ray.train.config import TrainConfig
-from discover_ray.train.loop import METRICS_FILE, MODEL_FILE, checkpoint_name, epoch_line, train_loop
+from discover_ray.training.config import TrainConfig
+from discover_ray.training.loop import METRICS_FILE, MODEL_FILE, checkpoint_name, epoch_line, train_loop
 
 __all__ = ["TrainResult", "train"]
 

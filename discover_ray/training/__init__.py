@@ -14,7 +14,7 @@ __all__ = ["TrainResult", "train"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from discover_ray.train import trainer as module
+        from discover_ray.training import trainer as module
 
         return getattr(module, name)
     raise AttributeError(name)

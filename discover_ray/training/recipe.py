@@ -11,7 +11,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from discover_ray.errors import ConfigError
-from discover_ray.train.config import OptimizerSection, ScheduleSection
+from discover_ray.training.config import OptimizerSection, ScheduleSection
 
 __all__ = ["build_optimizer", "build_scheduler", "learning_rate", "train_transform"]
 
