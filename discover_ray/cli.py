@@ -219,13 +219,13 @@ def submit(
 
     def run() -> int:
         from discover_ray import load_config
-        from discover_ray.dissection import run_identity
+        from discover_ray.dissection import submission_id
         from discover_ray.on_ray.submit import submit as submit_job
 
         resolved = load_config(config)
-        identity = run_identity(resolved)
-        status.append(submit_job(resolved, identity.run_id, address, console, wait=wait))
-        console.print(f"job dissect-{identity.run_id}: {status[0]}", highlight=False)
+        job_id = submission_id(resolved)
+        status.append(submit_job(resolved, job_id, address, console, wait=wait))
+        console.print(f"job {job_id}: {status[0]}", highlight=False)
         return 0 if status[0] in ("SUCCEEDED", "PENDING", "RUNNING") else 1
 
     raise typer.Exit(_user_errors(run))

@@ -16,13 +16,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from discover_ray.config import DissectConfig
-from discover_ray.dissection.identity import RunIdentity, run_identity
+from discover_ray.dissection.identity import RunIdentity, run_identity, submission_id
 from discover_ray.dissection.plan import Plan, plan_dissection
 from discover_ray.pipeline import Event, Executor, LocalExecutor, Runner
 from discover_ray.runs import Attempt, FailedImage, Identification, LabelEntry, RunRecord, StageEvent
 from discover_ray.store import Store
 
-__all__ = ["DissectResult", "Plan", "RunIdentity", "dissect", "make_executor", "plan_dissection", "run_identity"]
+__all__ = ["DissectResult", "Plan", "RunIdentity", "dissect", "make_executor", "plan_dissection", "run_identity",
+           "submission_id"]
 
 
 @dataclass
@@ -112,14 +113,17 @@ def _results(plan: Plan, record: RunRecord, executor: Executor) -> RunRecord:
 
 
 class _Printer:
-    """A progress bar per model pass, a line per finished stage, one line for what was already done."""
+    """A progress bar per model pass, a line per finished stage (the methods on one layer and concept source
+    on one line), one line for what was already done."""
 
     def __init__(self, console: Console, bars: bool):
         self.console, self.bars = console, bars
         self.progress: Progress | None = None
         self.skipped = 0
+        self.methods: tuple[str, list[str], float] | None = None  # REDUCE lines waiting: layer, methods, seconds
 
     def start(self, title: str, images: int) -> Any:
+        self._flush()
         if not self.bars:
             return lambda n: None
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -138,11 +142,27 @@ class _Printer:
         if event.status == "skipped":
             self.skipped += 1
             return
+        if event.stage == "REDUCE":
+            where, _, method = event.title.rpartition(": ")
+            if self.methods is not None and self.methods[0] != where:
+                self._flush()
+            previous = self.methods or (where, [], 0.0)
+            self.methods = (where, [*previous[1], method], previous[2] + event.seconds)
+            return
+        self._flush()
         counts = event.counts
-        what = f"{counts['rows']} images" if "rows" in counts else f"{counts.get('tasks', 0)} tasks"
+        tasks = counts.get("tasks", 0)
+        what = f"{counts['rows']} images" if "rows" in counts else f"{tasks} task{'s' if tasks != 1 else ''}"
         self.console.print(f"{event.stage} {event.title}: {what} in {event.seconds:.1f} s", highlight=False)
 
+    def _flush(self) -> None:
+        if self.methods is not None:
+            where, methods, seconds = self.methods
+            self.console.print(f"REDUCE {where}: {', '.join(methods)} in {seconds:.1f} s", highlight=False)
+            self.methods = None
+
     def done(self, plan: Plan, record: RunRecord) -> None:
+        self._flush()
         if self.skipped:
             self.console.print(f"{self.skipped} stages were already done", highlight=False)
         for i in record.identification:

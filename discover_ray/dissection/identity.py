@@ -18,7 +18,7 @@ from discover_ray.probe import ProbeSet
 from discover_ray.sources import PreparedSource, SourceContext, get_source_kind
 from discover_ray.store import Store, config_hash
 
-__all__ = ["RunIdentity", "prepare_sources", "run_id_of", "run_identity"]
+__all__ = ["RunIdentity", "file_fingerprint", "prepare_sources", "run_id_of", "run_identity", "submission_id"]
 
 
 @dataclass(frozen=True)
@@ -49,3 +49,34 @@ def run_identity(config: DissectConfig) -> RunIdentity:
     checkpoints = {m.label: file_sha256(m.checkpoint) if m.checkpoint else None for m in config.models}
     inputs = input_ids(probe.id, sources, checkpoints)
     return RunIdentity(run_id_of(config, inputs), inputs)
+
+
+def file_fingerprint(uri: str) -> Any:
+    """What a file (or every file of a folder) is, without reading it: its size and ETag (object stores:
+    a hash of the content) or modification time; a name that is no file (a tag, a built-in set) as it is."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        return uri
+    if fs.isdir(path):
+        found = fs.find(path, detail=True)
+        return sorted((name[len(path):], _stat(info)) for name, info in found.items())
+    return _stat(fs.info(path))
+
+
+def _stat(info: dict[str, Any]) -> list[Any]:
+    return [info.get("size"), info.get("ETag") or info.get("etag") or info.get("mtime") or str(info.get("LastModified"))]
+
+
+def submission_id(config: DissectConfig) -> str:
+    """The Ray job id of a dissection: its config's identity and what its input files are by size and
+    ETag or modification time (read without downloading them, so submitting stays fast). A changed file
+    at the same path is another job; the job itself names its run by the inputs' full content."""
+    inputs = {
+        "probe": file_fingerprint(config.probe.source),
+        "checkpoints": [file_fingerprint(m.checkpoint) if m.checkpoint else None for m in config.models],
+        "concepts": [[file_fingerprint(value) for value in (getattr(c, "pretrained", None), getattr(c, "concepts", None))
+                      if isinstance(value, str)] for c in config.concepts],
+    }
+    return "dissect-" + config_hash({"config": config.identity(), "inputs": inputs})

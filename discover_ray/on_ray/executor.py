@@ -126,11 +126,12 @@ class RayExecutor:
 
     def run_tasks(self, fn: Callable[[Any, Any], Any], payload: Any, payload_key: tuple[str, ...],
                   tasks: list[Any]) -> list[Any]:
+        resources = self.resources  # join (or start) the cluster first: a bare ray.put would join any stale one
         if self._payload is None or self._payload[0] != payload_key:
             self._payload = None
             self._payload = (payload_key, ray.put(payload))
-        options = {"num_gpus": 1, "num_cpus": 1} if self.resources.has_gpu else {"num_cpus": 1}
-        threads = self.config.torch_threads or max(1, int(self.resources.cpus))
+        options = {"num_gpus": 1, "num_cpus": 1} if resources.has_gpu else {"num_cpus": 1}
+        threads = self.config.torch_threads or max(1, int(resources.cpus))
         return ray.get([_task.options(**options).remote(fn, self._payload[1], task, threads) for task in tasks])
 
     def describe(self) -> dict[str, Any]:

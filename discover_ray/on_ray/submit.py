@@ -1,9 +1,10 @@
 """``discover submit``: run a dissection as a Ray job on a cluster, idempotently.
 
-The job id is ``dissect-<run id>``, and the run id names the content of what is computed (the config and
-the content ids of its inputs), so submitting the same dissection twice attaches to the first job; a new
-checkpoint file at the same path is another run and another job. Before attaching, the job's recorded
-content (the run id and where it writes) is compared with this submission's: a finished job of other
+The job id (``dissection.submission_id``) names the content of what is computed: the config's identity and
+what its input files are (size and ETag or modification time, read without downloading them), so
+submitting the same dissection twice attaches to the first job; a new checkpoint file at the same path is
+another job (the job then names its run by the inputs' full content). Before attaching, the job's recorded
+content (its id's inputs and where it writes) is compared with this submission's: a finished job of other
 content is replaced, a running one is an error. A job that failed or was stopped is replaced. The job's
 config is the stored form: ``${VAR}`` kept as written (the job expands them from its own environment, e.g.
 Kubernetes secrets), URLs without credentials, so no secret is sent with it.
@@ -38,13 +39,12 @@ def job_config(config: DissectConfig) -> dict[str, Any]:
     return stored
 
 
-def submit(config: DissectConfig, run_id: str, address: str, console: Console, wait: bool = True,
+def submit(config: DissectConfig, job_id: str, address: str, console: Console, wait: bool = True,
            timeout_s: float = 24 * 3600) -> str:
-    """Submit (or attach to) the job of run ``run_id``; returns its final status (or the current one without ``wait``)."""
+    """Submit (or attach to) job ``job_id``; returns its final status (or the current one without ``wait``)."""
     client = JobSubmissionClient(address)
-    job_id = f"dissect-{run_id}"
     body = job_config(config)
-    content = config_hash({"run_id": run_id, "store": body["store"]})
+    content = config_hash({"job": job_id, "store": body["store"]})
     info = _info(client, job_id)
     if info is not None and info.status in (JobStatus.FAILED, JobStatus.STOPPED):
         console.print(f"job {job_id} ended {info.status.value}; replacing it")
@@ -64,7 +64,7 @@ def submit(config: DissectConfig, run_id: str, address: str, console: Console, w
         with tempfile.TemporaryDirectory(prefix="discover-submit-") as tmp:
             Path(tmp, "dissect.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
             client.submit_job(entrypoint=ENTRYPOINT, submission_id=job_id, runtime_env={"working_dir": tmp},
-                              metadata={CONTENT: content, "discover_run_id": run_id, "discover_store": body["store"]})
+                              metadata={CONTENT: content, "discover_store": body["store"]})
         console.print(f"submitted job {job_id} to {address}")
     else:
         console.print(f"job {job_id} already exists ({info.status.value}) for the same content; following it")

@@ -21,8 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from discover_ray.errors import DatasetError
 from discover_ray.pipeline.chunks import ModelPass, PixelCache, ProbeHandle, ShardAssembler
 from discover_ray.pipeline.stage import ModelStage, Stage, TaskStage
+from discover_ray.store import SUCCESS
 
 __all__ = ["Event", "Executor", "ProbeContext", "Progress", "Runner"]
 
@@ -195,6 +197,11 @@ class Runner:
     # -- task stages ----------------------------------------------------------------------------------
     def _run_tasks(self, stage: TaskStage, pending: dict[str, list[int]]) -> None:
         started = time.perf_counter()
+        store = stage.outputs[0].dataset.store if stage.outputs else None
+        for path in stage.inputs:  # what it reads was committed by an earlier stage (or an earlier run)
+            if store is not None and not store.exists(f"{path}/{SUCCESS}"):
+                raise DatasetError(f"{stage.name} {stage.title} reads {store.path(path)}, which is not complete; "
+                                   "run the stages that write it first")
         key = stage.payload_key()
         if self._payload is None or self._payload[0] != key:
             self._payload = None  # free the previous payload before loading the next

@@ -149,14 +149,16 @@ class Dataset:
     def part_path(self, index: int) -> str:
         return self.store.path(f"{self.relative}/{self.part_name(index)}")
 
-    def write_part(self, index: int, table: pa.Table, **write_options: Any) -> None:
-        """Write part ``index`` atomically. ``write_options`` go to ``pyarrow.parquet.write_table``. A
-        committed dataset is never written again."""
+    def write_part(self, index: int, table: pa.Table, **write_options: Any) -> bool:
+        """Write part ``index`` atomically (``write_options`` go to ``pyarrow.parquet.write_table``); returns
+        False, writing nothing, when the dataset is committed: a committed dataset is never written again
+        (another writer of the same key finished it, with the same bytes)."""
         if self.is_committed():
-            raise DatasetError(f"{self.store.path(self.relative)} is committed; its parts are never rewritten")
+            return False
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, **write_options)
         self.store.write_bytes(f"{self.relative}/{self.part_name(index)}", sink.getvalue().to_pybytes())
+        return True
 
     def parts(self) -> list[int]:
         """Indices of the parts present, whether or not the dataset is complete."""
@@ -189,7 +191,9 @@ class Dataset:
 
     def commit(self, expected: Mapping[int, int | None], **extra: Any) -> dict[str, Any]:
         """Check that every expected part is there and holds its rows (``expected``: part → rows plus failed
-        images), then write the marker, last. Returns the marker."""
+        images), then write the marker, last. Returns the marker (another writer's, when it committed first)."""
+        if self.is_committed():
+            return self.marker() or {}
         present = set(self.parts())
         missing = [p for p in expected if p not in present]
         if missing:

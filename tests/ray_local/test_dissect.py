@@ -189,6 +189,14 @@ def test_a_killed_job_resumes_with_only_what_is_missing(world_folder, tmp_path):
     resumed = dissect(config, executor="local", console=QUIET)
     record = [s for s in resumed.recomputed if s.stage == "RECORD"]
     assert len(record) == 1 and record[0].counts["shards"] == 9 - written
+
     clean = dissect(load_config({**raw, "store": str(tmp_path / "clean")}), executor="local", console=QUIET)
     assert clean.run_id == resumed.run_id
     assert snapshot(tmp_path / "killed") == snapshot(tmp_path / "clean")
+
+    # a job whose only work is REDUCE (another method on the same activations) starts its own cluster too
+    path.write_text(yaml.safe_dump({**raw, "reduce": {**raw["reduce"], "methods": ["wpmi"]}}))
+    only_reduce = subprocess.run([sys.executable, "-m", "jobs.dissect", "--config", str(path)], capture_output=True,
+                                 text=True, timeout=240, env={**os.environ, "RAY_ADDRESS": ""})
+    assert only_reduce.returncode == 0, only_reduce.stdout + only_reduce.stderr
+    assert "REDUCE tiny_cnn/fc/labels: wpmi" in only_reduce.stdout and "RECORD" not in only_reduce.stdout

@@ -52,12 +52,21 @@ def test_a_committed_dataset_is_never_written_again(store):
     data = store.dataset("labels/ck/pr/fc/m__c__e", "k1", "labels")
     data.write_part(0, table(0, 4))
     data.commit({0: 4})
-    with pytest.raises(DatasetError, match="is committed; its parts are never rewritten"):
-        data.write_part(0, table(0, 5))
+    assert data.write_part(0, table(0, 5)) is False and data.read().num_rows == 4
     other = store.dataset("labels/ck/pr/fc/m__c__e", "k2", "labels")  # other settings: another folder
     other.write_part(0, table(10, 2))
     other.commit({0: 2})
     assert data.read().num_rows == 4 and other.read().num_rows == 2
+
+
+def test_two_interleaved_writers_of_one_key_commit_one_whole_dataset(store):
+    first = store.dataset("activations/ck/pr/fc", "k1", "activations")
+    second = store.dataset("activations/ck/pr/fc", "k1", "activations")  # another job of the same content
+    assert first.write_part(0, table(0, 4))
+    assert second.write_part(0, table(0, 4)) and second.write_part(1, table(4, 4))
+    second.commit({0: 4, 1: 4})
+    assert first.write_part(1, table(4, 4)) is False  # finished meanwhile: nothing rewritten
+    assert first.commit({0: 4, 1: 4})["rows"] == 8 and first.read().num_rows == 8
 
 
 def test_readers_check_the_key_a_record_names(store):

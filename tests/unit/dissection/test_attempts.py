@@ -129,3 +129,23 @@ def test_the_record_holds_the_stored_config_and_no_secret(probe, tmp_path, monke
     report = build_report(tmp_path / "runs", result.run_id, out=tmp_path / "report", examples=1)
     assert not report.warnings and report.thumbnails > 0  # the probe reopens from the record (${PROBE_FOLDER} expanded)
     assert all("hunter2" not in p.read_text() for p in (tmp_path / "report").rglob("*.html"))
+
+
+def test_the_job_id_changes_with_a_new_checkpoint_file_at_the_same_path(probe, tmp_path):
+    import os
+
+    import torch
+
+    from discover_ray.demo import tiny_cnn
+    from discover_ray.dissection import submission_id
+
+    checkpoint = tmp_path / "w.pt"
+    torch.save(tiny_cnn(9).state_dict(), checkpoint)
+    models = [{"name": "tiny_cnn", "builder": "discover_ray.demo:tiny_cnn", "kwargs": {"n_classes": 9},
+               "image_size": 32, "layers": ["fc"], "checkpoint": str(checkpoint)}]
+    first = submission_id(config(probe, tmp_path / "runs", models=models))
+    assert submission_id(config(probe, tmp_path / "elsewhere", models=models)) == first  # where it writes: not content
+    os.utime(checkpoint, (1_000_000_000, 1_000_000_000))
+    touched = submission_id(config(probe, tmp_path / "runs", models=models))
+    torch.save(tiny_cnn(9).state_dict(), checkpoint)  # new weights at the same path
+    assert len({first, touched, submission_id(config(probe, tmp_path / "runs", models=models))}) == 3

@@ -12,6 +12,7 @@ from PIL import Image
 from torchvision import transforms
 
 from discover_ray.config import ProbeConfig
+from discover_ray.errors import DatasetError
 from discover_ray.pipeline import (
     CacheRef,
     Event,
@@ -111,6 +112,15 @@ def test_a_failure_midway_keeps_the_finished_parts_and_the_rerun_does_the_rest(t
     assert dataset.parts() == [0, 1] and dataset.marker() is None  # nothing half-done counts as done
     (resumed,) = run([Squares(store, 10)], executor)
     assert resumed.counts["parts"] == 1 and executor.tasks == 4 and dataset.is_committed()
+
+
+def test_a_stage_whose_input_is_not_complete_does_not_run(tmp_path):
+    store = Store(str(tmp_path))
+    stage = Squares(store, 3)
+    stage.inputs = ["activations/never/written"]
+    with pytest.raises(DatasetError, match="reads .*activations/never/written, which is not complete"):
+        run([stage], CountingExecutor())
+    assert stage.outputs[0].dataset.parts() == []
 
 
 # -- model stages -------------------------------------------------------------------------------------
