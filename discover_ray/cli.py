@@ -64,7 +64,7 @@ def demo(
         console.print(f"report: {result.reports['cnn_cvn2']}", highlight=False)
         return 0
 
-    raise typer.Exit(_user_errors(run))
+    raise typer.Exit(_user_errors(run, on_ray=True))
 
 
 def _print_loop(result, method: str, units: int) -> None:
@@ -165,13 +165,21 @@ def _print_error(err: Exception) -> int:
     return 2
 
 
-def _user_errors(run: Callable[[], int | None]) -> int:
+def _user_errors(run: Callable[[], int | None], on_ray: bool = False) -> int:
     """Runs a command; a ``DiscoverError`` (bad input) is printed as one line and exits 2, anything else is a
-    bug and shows its traceback."""
+    bug and shows its traceback. Commands ``on_ray`` keep the raylet's notices off the console."""
+    import contextlib
+
     from discover_ray.errors import DiscoverError
 
+    quiet = contextlib.nullcontext()
+    if on_ray:
+        from discover_ray.on_ray.console import without_ray_notices
+
+        quiet = without_ray_notices()
     try:
-        return run() or 0
+        with quiet:
+            return run() or 0
     except DiscoverError as err:
         return _print_error(err)
 
@@ -194,7 +202,7 @@ def run_dissect(config_path: str, address: str | None = None, store: str | None 
                       f"{layers[-1] if layers else 'LAYER'}", highlight=False)
         return 0
 
-    return _user_errors(run)
+    return _user_errors(run, on_ray=not local)
 
 
 @app.command()
@@ -288,7 +296,7 @@ def run_train(config_path: str, address: str | None = None, storage_path: str | 
         console.print(f"{trained}; checkpoint: {result.model_file}", highlight=False)
         return 0
 
-    return _user_errors(run)
+    return _user_errors(run, on_ray=True)
 
 
 @app.command()
