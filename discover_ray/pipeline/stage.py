@@ -24,7 +24,12 @@ import pyarrow as pa
 
 from discover_ray.store import Dataset, config_hash
 
-__all__ = ["CacheRef", "Head", "ModelStage", "Output", "ShardOutput", "Stage", "TaskStage", "stage_key"]
+__all__ = ["CacheRef", "Head", "ModelStage", "Output", "ShardOutput", "Stage", "TaskStage", "shard_lengths", "stage_key"]
+
+
+def shard_lengths(images: int, shard_size: int) -> dict[int, int]:
+    """Each shard of a probe set of ``images`` images and how many images it holds (the last may be short)."""
+    return {s: min(shard_size, images - s * shard_size) for s in range(-(-images // shard_size))}
 
 
 def stage_key(stage: str, table: str, version: int | None, **parts: Any) -> str:

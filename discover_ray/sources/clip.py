@@ -19,7 +19,7 @@ from discover_ray.concepts import BUILTIN, ConceptSet, load_concepts
 from discover_ray.config_files import absolute
 from discover_ray.encoders.clip import ClipEncoder, ClipSpec, check_clip
 from discover_ray.methods.base import ConceptScores
-from discover_ray.pipeline.stage import Head, ModelStage, Output, ShardOutput, TaskStage, stage_key
+from discover_ray.pipeline.stage import Head, ModelStage, Output, ShardOutput, TaskStage, shard_lengths, stage_key
 from discover_ray.schema import VERSIONS, concept_embedding_table, image_embedding_table, read_embeddings
 from discover_ray.sources.base import ConceptSourceKind, PreparedSource, SourceConfig, SourceContext
 from discover_ray.sources.registry import register_source
@@ -82,8 +82,7 @@ class EmbedImages(ModelStage):
 
     def __init__(self, source: ClipSource, context: SourceContext):
         self.spec, self.dataset = source.spec, source.images
-        expected = {s: min(context.shard_size, len(context.probe) - s * context.shard_size)
-                    for s in range(-(-len(context.probe) // context.shard_size))}
+        expected = shard_lengths(len(context.probe), context.shard_size)
         super().__init__(f"{source.spec.describe()} images", [Output("images", self.dataset, expected)],
                          loader=f"clip:{source.encoder_id}", batch_size=source.config.batch_size)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from discover_ray.pipeline.stage import CacheRef, ModelStage, Output, ShardOutput, stage_key
+from discover_ray.pipeline.stage import CacheRef, ModelStage, Output, ShardOutput, shard_lengths, stage_key
 from discover_ray.probe import ProbeSet
 from discover_ray.probe.pixels import PixelFormat
 from discover_ray.schema import VERSIONS, pixel_table
@@ -33,10 +33,10 @@ class DecodeStage(ModelStage):
                  preprocess: Any):
         assert pixel_format.id is not None
         self.format, self.preprocess, self.probe = pixel_format, preprocess, probe
-        self.first = {s: s * shard_size for s in range(-(-len(probe) // shard_size))}
+        expected = shard_lengths(len(probe), shard_size)
+        self.first = {s: s * shard_size for s in expected}
         key = stage_key("DECODE", "pixels", VERSIONS["pixels"], probe=probe_id, pixels=pixel_format.id, shard=shard_size)
         self.dataset = store.dataset(f"pixels/{probe_id}/{pixel_format.id}", key, "pixels")
-        expected = {s: min(shard_size, len(probe) - first) for s, first in self.first.items()}
         super().__init__(f"pixels {pixel_format.id}", [Output("pixels", self.dataset, expected)],
                          loader=f"pixels:{pixel_format.id}", batch_size=None)
         self.shard_size = shard_size

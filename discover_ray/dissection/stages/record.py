@@ -20,7 +20,7 @@ from discover_ray.dissection.models import PreparedModel, seeded_load
 from discover_ray.dissection.stages.decode import DecodeStage
 from discover_ray.models import ModelSpec
 from discover_ray.pipeline.chunks import chunk_ids
-from discover_ray.pipeline.stage import CacheRef, Head, ModelStage, Output, ShardOutput, stage_key
+from discover_ray.pipeline.stage import CacheRef, Head, ModelStage, Output, ShardOutput, shard_lengths, stage_key
 from discover_ray.record import ConvPool, TokenPool, recording
 from discover_ray.schema import VERSIONS, activation_table
 from discover_ray.store import Store, safe_segment
@@ -71,7 +71,7 @@ class RecordStage(ModelStage):
                  decode: DecodeStage | None):
         self.model, self.config, self.decode = model, config, decode
         shard_size = config.probe.shard_size
-        expected = {s: min(shard_size, images - s * shard_size) for s in range(-(-images // shard_size))}
+        expected = shard_lengths(images, shard_size)
         record = config.record.model_dump(mode="json", exclude={"pixel_cache", "batch_size"})
         outputs = []
         for layer in model.config.layers:
