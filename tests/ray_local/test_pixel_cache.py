@@ -69,3 +69,21 @@ def test_pixel_format_ids_name_what_the_head_does():
     hidden = split_preprocess(transforms.Compose([transforms.Lambda(lambda im: im), transforms.ToTensor()]))
     assert hidden is not None and hidden.id is None  # a lambda says nothing of what it does: never cached
     assert split_preprocess(transforms.Compose([transforms.PILToTensor()])) is None
+
+
+def test_image_ids_with_any_character_survive_a_chunk(tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def png(value: int) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(out, format="PNG")
+        return out.getvalue()
+
+    ids = ["line\nbreak", "tab\tand \"quotes\"", "ünï/cödé"]
+    pq.write_table(pa.table({"image_id": ids, "image": [png(10), png(20), png(30)]}), tmp_path / "p.parquet")
+    probe = ProbeSet.from_parquet(str(tmp_path / "p.parquet"))
+    loaded = ChunkSource(probe, TRANSFORM)(chunk(0, 3))
+    assert chunk_ids(loaded) == sorted(ids) and loaded["pixels"][0].shape == (3, 3, 24, 24)
