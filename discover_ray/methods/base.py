@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from discover_ray.concepts import ConceptSet
 from discover_ray.errors import ConfigError
 
-__all__ = ["NEEDS", "ConceptScores", "LayerInputs", "Method", "MethodOutput", "ReduceSettings"]
+__all__ = ["NEEDS", "ConceptScores", "LayerInputs", "Method", "MethodOutput", "ReduceSettings", "readonly_tensor"]
 
 #: What a method may ask the pipeline for:
 #: - activations: the layer's pooled activations A [N, K] over the probe set (rows aligned with P);
@@ -62,8 +62,8 @@ class ConceptScores:
     def kwargs(self) -> dict[str, torch.Tensor]:
         """P as the similarity kernels take it (``concept_scores=`` or ``image_emb=`` + ``concept_emb=``)."""
         if self.scores is not None:
-            return {"concept_scores": _tensor(self.scores)}
-        return {"image_emb": _tensor(self.image_emb), "concept_emb": _tensor(self.concept_emb)}
+            return {"concept_scores": readonly_tensor(self.scores)}
+        return {"image_emb": readonly_tensor(self.image_emb), "concept_emb": readonly_tensor(self.concept_emb)}
 
 
 @dataclass
@@ -127,7 +127,7 @@ class Method:
         raise NotImplementedError
 
 
-def _tensor(array: np.ndarray | None) -> torch.Tensor:
+def readonly_tensor(array: np.ndarray | None) -> torch.Tensor:
     """A tensor over an array that may be a read-only object-store view; the kernels only read it."""
     import warnings
 

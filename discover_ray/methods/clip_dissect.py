@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel
 
 from discover_ray.evaluate import NeuronIdentification, concept_ranks, paired_embedding_cosine
-from discover_ray.methods.base import LayerInputs, Method, MethodOutput, _tensor
+from discover_ray.methods.base import LayerInputs, Method, MethodOutput, readonly_tensor
 from discover_ray.methods.registry import register_method
 from discover_ray.schema import label_table
 from discover_ray.similarity import PARAMS, check_probe_size, merge_topk, top_concepts
@@ -64,11 +64,11 @@ class ClipDissectMethod(Method):
         dtype = getattr(torch, inputs.settings.dtype)
         if isinstance(task, TopK):
             values, index = top_concepts(
-                self.name, _tensor(inputs.activations), k=min(inputs.settings.top_k, m), device=_device(), dtype=dtype,
+                self.name, readonly_tensor(inputs.activations), k=min(inputs.settings.top_k, m), device=_device(), dtype=dtype,
                 concept_range=(task.start, task.stop), **inputs.scores.kwargs(), **params.model_dump(),
             )
             return values.cpu().numpy(), index.cpu().numpy()
-        values, index = top_concepts(self.name, _tensor(inputs.activations), k=m, device=_device(), dtype=dtype,
+        values, index = top_concepts(self.name, readonly_tensor(inputs.activations), k=m, device=_device(), dtype=dtype,
                                      **inputs.scores.kwargs(), **params.model_dump())
         scores = torch.empty_like(values).scatter_(1, index, values)  # back to concept order
         assert inputs.truth is not None

@@ -13,9 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from discover_ray.config import ProbeConfig
-from discover_ray.config_files import Strict as _Strict
-from discover_ray.config_files import absolute as _absolute
-from discover_ray.config_files import validate
+from discover_ray.config_files import Strict, absolute, validate
 from discover_ray.models import ModelSpec
 from discover_ray.store import config_hash
 
@@ -41,7 +39,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-class ModelSection(_Strict):
+class ModelSection(Strict):
     """What to train: a built-in, timm or CVN name (``cifar_resnet20_cvn2``, ``deit_tiny_cvn16``) or a builder."""
 
     name: str
@@ -56,20 +54,20 @@ class ModelSection(_Strict):
     @field_validator("checkpoint")
     @classmethod
     def _resolve(cls, value: str | None) -> str | None:
-        return _absolute(value)
+        return absolute(value)
 
     def spec(self) -> ModelSpec:
         return ModelSpec(**self.model_dump())
 
 
-class OptimizerSection(_Strict):
+class OptimizerSection(Strict):
     name: Literal["sgd", "adamw"]
     lr: float = Field(gt=0)
     momentum: float = Field(0.9, ge=0)
     weight_decay: float = Field(0.0, ge=0)
 
 
-class ScheduleSection(_Strict):
+class ScheduleSection(Strict):
     """Per-epoch learning rate: ``step`` (× gamma every step_epochs), ``cosine`` (to min_lr), ``constant``;
     an optional linear warm-up from ``warmup_lr`` over the first ``warmup_epochs``."""
 
@@ -81,7 +79,7 @@ class ScheduleSection(_Strict):
     min_lr: float = Field(0.0, ge=0)
 
 
-class CompetitionSection(_Strict):
+class CompetitionSection(Strict):
     """How the LWTA layers train and predict (methods.md §5: the paper's values by default).
 
     ``kl_weight`` scales Σ over LWTA layers of KL(q‖Uniform(U)), each layer's KL averaged over its blocks,
@@ -94,7 +92,7 @@ class CompetitionSection(_Strict):
     eval_samples: int = Field(4, ge=1, description="stochastic passes whose logits are averaged at evaluation")
 
 
-class DataSection(_Strict):
+class DataSection(Strict):
     """Training and validation images from any probe-set source (a folder, Parquet with bytes, a manifest)."""
 
     train: ProbeConfig
@@ -103,7 +101,7 @@ class DataSection(_Strict):
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
 
 
-class ScalingSection(_Strict):
+class ScalingSection(Strict):
     """Ray Train workers. ``accelerator_type`` (e.g. ``RTX-A6000``) or ``label_selector`` picks the GPU pool."""
 
     num_workers: int = Field(1, ge=1, description="training workers (Ray Train actors), one GPU each with use_gpu")
@@ -116,7 +114,7 @@ class ScalingSection(_Strict):
     num_cpus: float | None = Field(None, gt=0, description="CPUs of a local cluster started on demand")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     """One training run of a (competitive) vision network."""
 
     name: str | None = None
@@ -161,7 +159,7 @@ class TrainConfig(_Strict):
     @field_validator("storage_path")
     @classmethod
     def _storage(cls, value: str) -> str:
-        return _absolute(value) or value
+        return absolute(value) or value
 
     @property
     def run_hash(self) -> str:
