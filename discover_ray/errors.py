@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "DiscoverError",
+    "ExplainInputError",
     "IncompatibleRuns",
     "InputChanged",
     "InputNotFound",
@@ -72,3 +73,7 @@ class IncompatibleRuns(DiscoverError, ValueError):
 
 class ReportFolderError(DiscoverError, FileExistsError):
     """The report's destination holds files the report did not write."""
+
+
+class ExplainInputError(DiscoverError, ValueError):
+    """Activations, concept values or a split that an explanation method cannot use (NaN, empty, misaligned)."""
