@@ -248,25 +248,61 @@ def labels(
     model: Annotated[str | None, typer.Option(help="Only this model (its alias or name).")] = None,
     units: Annotated[int, typer.Option(help="Units to show per table (0: all).")] = 20,
 ) -> None:
-    """Print a layer's concept labels: each unit's best concept, its score and the runners-up."""
+    """Print a layer's concept labels: each unit's best concept, its score and the runners-up; for Linear
+    Explanations each unit's weighted explanation, its validation and (when scored) test correlation."""
 
     def show() -> int:
         from discover_ray import read_labels
+        from discover_ray.runs.read import read_simulation
+        from discover_ray.schema import Explanations
 
         for entry, table in read_labels(store, run, layer, method=method, model=model):
             ranked = table.ranked()
+            shown = list(ranked) if units == 0 else list(ranked)[:units]
+            test_r = read_simulation(store, run, entry, "correlation")
             view = Table(title=f"{entry.model} / {layer}: {entry.method} over {entry.source}")
-            for name, justify in (("unit", "right"), ("concept", "left"), ("score", "right"), ("runners-up", "left")):
-                view.add_column(name, justify=justify)  # type: ignore[arg-type]
-            shown = list(ranked.items()) if units == 0 else list(ranked.items())[:units]
-            for unit, concepts in shown:
-                view.add_row(unit, concepts[0][0], f"{concepts[0][1]:.4f}", ", ".join(c for c, _ in concepts[1:]))
+            if isinstance(table, Explanations):
+                for name, justify in (("unit", "right"), ("explanation", "left"), ("test r", "right")):
+                    view.add_column(name, justify=justify)  # type: ignore[arg-type]
+                for unit in shown:
+                    r = test_r.get(unit) if test_r else None
+                    view.add_row(unit, table.describe(unit), "" if r is None else f"{r:.2f}")
+            else:
+                for name, justify in (("unit", "right"), ("concept", "left"), ("score", "right"), ("runners-up", "left")):
+                    view.add_column(name, justify=justify)  # type: ignore[arg-type]
+                for unit in shown:
+                    concepts = ranked[unit]
+                    view.add_row(unit, concepts[0][0], f"{concepts[0][1]:.4f}", ", ".join(c for c, _ in concepts[1:]))
             console.print(view)
             if len(shown) < len(ranked):
                 console.print(f"({len(ranked) - len(shown)} more units; --units 0 shows all)")
         return 0
 
     raise typer.Exit(_user_errors(show))
+
+
+@app.command()
+def calibrate(
+    config_path: Annotated[str, typer.Argument(metavar="CONFIG", help="Dissection config YAML.")],
+    source: Annotated[str | None, typer.Option(help="The clip concept source to calibrate (its name).")] = None,
+    method: Annotated[str, typer.Option(help="exact (the optimum) or grid (the reference's grid).")] = "exact",
+    ray: Annotated[bool, typer.Option("--ray", help="Embed the probe images on Ray (default: in this process).")] = False,
+) -> None:
+    """Fit a CLIP / SigLIP source's concept values σ(a·(cos + b)) to the probe set's labels (+ superclasses);
+    prints the line to add to the source in the config."""
+
+    def run() -> int:
+        from discover_ray import load_config
+        from discover_ray.dissection.calibration import calibrate_source
+
+        found = calibrate_source(load_config(config_path), source, method=method, executor="ray" if ray else "local")
+        c = found.calibration
+        console.print(f"{found.source}: a = {c.a:.6g}, b = {c.b:.6g} (mean BCE {c.loss:.5f}, {c.method}) over "
+                      f"{found.images} images × {found.targets} classes and superclasses", highlight=False)
+        console.print(f"add to concept source {found.source!r}:  {found.yaml()}", highlight=False)
+        return 0
+
+    raise typer.Exit(_user_errors(run))
 
 
 def run_train(config_path: str, address: str | None = None, storage_path: str | None = None, epochs: int | None = None) -> int:

@@ -17,6 +17,7 @@ from pydantic import Field, SerializeAsAny, ValidationError, field_validator, mo
 
 from discover_ray.config_files import Strict, absolute, expand_env, validate
 from discover_ray.errors import ConfigError, ProbeError
+from discover_ray.explain.splits import Splits, column_splits, seeded_splits
 from discover_ray.methods import ReduceSettings, get_method
 from discover_ray.models import ModelSpec
 from discover_ray.probe import ProbeSet
@@ -24,8 +25,8 @@ from discover_ray.sources import SourceConfig, parse_source
 from discover_ray.store import DEFAULT_ROOT
 
 __all__ = [
-    "ConfigError", "DissectConfig", "ModelConfig", "ProbeConfig", "RayConfig", "RecordConfig", "ReduceConfig",
-    "expand_env", "load_config",
+    "SCORINGS", "ConfigError", "DissectConfig", "ModelConfig", "ProbeConfig", "RayConfig", "RecordConfig",
+    "ReduceConfig", "SimulateConfig", "SplitConfig", "expand_env", "load_config",
 ]
 
 
@@ -172,6 +173,45 @@ class ReduceConfig(Strict):
         return ReduceSettings(self.top_k, self.dtype, self.concept_shard, seed)
 
 
+SCORINGS = ("correlation", "ablation_optim", "ablation_norm")
+
+
+class SplitConfig(Strict):
+    """Train / validation / test images (Linear Explanations fits on train, chooses on val; scoring uses test)."""
+
+    seed: int = 0
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    column: str | None = Field(None, description="a probe-set column naming each image's split (train / val / test)")
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in value) or abs(sum(value) - 1) > 1e-6:
+            raise ValueError(f"three non-negative fractions summing to 1, got {list(value)}")
+        return value
+
+    def make(self, probe: ProbeSet) -> Splits:
+        ids = [im.image_id for im in probe.images]
+        if self.column is not None:
+            try:
+                return column_splits(ids, probe.column(self.column), self.column)
+            except ProbeError as err:
+                raise ConfigError(f"simulate.splits.column: {err}") from None
+        return seeded_splits(ids, self.seed, self.fractions)
+
+
+class SimulateConfig(Strict):
+    """Simulation scoring: how well each labelling predicts its units' activations on the test images."""
+
+    splits: SplitConfig = SplitConfig()
+    simulator: str | None = Field(None, description="the concept source that simulates (default: each labelling's own)")
+    scorings: list[Literal["correlation", "ablation_optim", "ablation_norm"]] = Field(
+        default_factory=lambda: list(SCORINGS),
+        description="ablation scorings apply to layers that feed the model's linear head (ResNet layer4 → fc)")
+    methods: list[str] | None = Field(None, description="whose labels to score (default: every method of the run)")
+    temperature: float = Field(1.1, gt=0, description="softmax temperature of the ablation loss")
+
+
 class RayConfig(Strict):
     """Where and how wide to run. Not part of the run id: the same dissection on another cluster is the same run."""
 
@@ -197,6 +237,7 @@ class DissectConfig(Strict):
     concepts: list[SerializeAsAny[SourceConfig]] = Field(min_length=1)
     record: RecordConfig = RecordConfig()
     reduce: ReduceConfig = ReduceConfig()
+    simulate: SimulateConfig | None = None
     ray: RayConfig = RayConfig()
     seed: int = 0
 
@@ -226,7 +267,27 @@ class DissectConfig(Strict):
             if repeated:
                 raise ValueError(f"two {what} are both called {repeated[0]!r}; give each its own "
                                  f"{'alias' if what == 'models' else 'name'}")
+        if self.simulate is not None:
+            names = [c.label for c in self.concepts]
+            if self.simulate.simulator is not None and self.simulate.simulator not in names:
+                raise ValueError(f"simulate.simulator {self.simulate.simulator!r} is not a concept source of this config; "
+                                 f"sources: {', '.join(names)}")
+            unknown = sorted(set(self.simulate.methods or ()) - set(self.reduce.methods))
+            if unknown:
+                raise ValueError(f"simulate.methods {unknown} are not in reduce.methods ({', '.join(self.reduce.methods)})")
         return self
+
+    @property
+    def splits(self) -> SplitConfig:
+        return self.simulate.splits if self.simulate is not None else SplitConfig()
+
+    def simulating(self) -> SimulateConfig | None:
+        """The simulation to run: as configured, or the default one when a method needs splits (LE)."""
+        if self.simulate is not None:
+            return self.simulate
+        if any("splits" in get_method(m).needs for m in self.reduce.methods):
+            return SimulateConfig()
+        return None
 
     def identity(self) -> dict[str, Any]:
         """What is computed, without where or how wide (``ray``, ``store``), its display name, or where its
@@ -237,6 +298,7 @@ class DissectConfig(Strict):
             "concepts": [c.identity() for c in self.concepts],
             "record": self.record.model_dump(mode="json", exclude={"pixel_cache"}),
             "reduce": self.reduce.model_dump(mode="json", exclude={"concept_shard"}),
+            **({"simulate": self.simulate.model_dump(mode="json")} if self.simulate is not None else {}),
             "seed": self.seed,
         }
 

@@ -43,6 +43,7 @@ __all__ = [
     "description_table",
     "explanation_table",
     "failed_of",
+    "format_linear",
     "image_embedding_table",
     "label_table",
     "pixel_table",
@@ -63,7 +64,7 @@ VERSIONS: dict[str, int] = {
     "pixels": 1,
     "explanations": 1,
     "descriptions": 1,
-    "scores": 1,
+    "scores": 2,
 }
 
 FAILED_KEY = b"discover.failed"
@@ -292,14 +293,54 @@ class Explanations:
     """Weighted explanations read back: unit → ([(concept, weight), ...], bias, val_correlation, dead)."""
 
     table: pa.Table
+    _by_unit: dict[str, tuple[list[tuple[str, float]], float, float, bool]] | None = field(default=None, repr=False)
 
     def by_unit(self) -> dict[str, tuple[list[tuple[str, float]], float, float, bool]]:
-        out: dict[str, tuple[list[tuple[str, float]], float, float, bool]] = {}
-        for row in self.table.to_pylist():
-            terms, *_ = out.setdefault(row["unit"], ([], row["bias"], row["val_correlation"], row["dead"]))
-            if row["concept"] is not None:
-                terms.append((row["concept"], row["weight"]))
-        return out
+        if self._by_unit is None:
+            out: dict[str, tuple[list[tuple[str, float]], float, float, bool]] = {}
+            for row in self.table.to_pylist():
+                terms, *_ = out.setdefault(row["unit"], ([], row["bias"], row["val_correlation"], row["dead"]))
+                if row["concept"] is not None:
+                    terms.append((row["concept"], row["weight"]))
+            self._by_unit = out
+        return self._by_unit
+
+    def ranked(self) -> dict[str, list[tuple[str, float]]]:
+        """unit → its terms [(concept, weight), ...] in the order they were chosen (as ``Labels.ranked``)."""
+        return {u: terms for u, (terms, *_) in self.by_unit().items()}
+
+    def top(self) -> dict[str, tuple[str, float]]:
+        """unit → (its explanation as text, validation correlation), for units that have one."""
+        return {u: (self.describe(u, correlation=False), r) for u, (terms, _, r, _) in self.by_unit().items() if terms}
+
+    def describe(self, unit: str, correlation: bool = True) -> str:
+        """``0.82·cat + 0.41·animal − 0.10  (val r 0.63)``; ``dead`` for a constant unit."""
+        terms, bias, r, dead = self.by_unit()[unit]
+        if dead:
+            return "dead (constant activation)"
+        text = format_linear(terms, bias) if terms else f"{bias:.3g} (no concept explains it)"
+        return text + (f"  (val r {r:.2f})" if correlation and terms else "")
+
+    @property
+    def units(self) -> list[str]:
+        return list(self.by_unit())
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def to_pylist(self) -> list[dict[str, Any]]:
+        return self.table.to_pylist()
+
+
+def format_linear(terms: Sequence[tuple[str, float]], bias: float) -> str:
+    """Σ w·concept + b as people write it: ``0.82·cat + 0.41·animal − 0.10``."""
+    parts = []
+    for i, (concept, weight) in enumerate(terms):
+        sign = "−" if weight < 0 else "+"
+        parts.append(f"{'−' if weight < 0 else ''}{abs(weight):.2f}·{concept}" if i == 0 else f"{sign} {abs(weight):.2f}·{concept}")
+    parts.append(f"{'−' if bias < 0 else '+'} {abs(bias):.2f}")
+    return " ".join(parts)
 
 
 def description_table(units: Sequence[str], candidates: Sequence[Sequence[tuple[str, float]]], chosen: Sequence[int]) -> pa.Table:
@@ -325,15 +366,22 @@ class Descriptions:
         return {r["unit"]: (r["description"], r["score"]) for r in self.table.to_pylist() if r["chosen"]}
 
 
-def score_table(units: Sequence[str], metric: str, values: Sequence[float]) -> pa.Table:
-    """One row per unit: a named score of its description (e.g. simulation correlation)."""
+def score_table(units: Sequence[str], metric: str, values: Sequence[float], dead: Sequence[bool] | None = None) -> pa.Table:
+    """One row per unit: a named score of its description (e.g. simulation correlation); ``dead`` units (constant
+    on the images scored) have no score (0, marked)."""
+    dead = [False] * len(units) if dead is None else [bool(d) for d in dead]
     return pa.table({"unit": pa.array(list(units), pa.string()), "metric": pa.array([metric] * len(units), pa.string()),
-                     "value": pa.array(np.asarray(values, np.float32), pa.float32())})
+                     "value": pa.array(np.asarray(values, np.float32), pa.float32()), "dead": pa.array(dead, pa.bool_())})
 
 
 @dataclass
 class Scores:
     table: pa.Table
 
-    def by_unit(self, metric: str) -> dict[str, float]:
-        return {r["unit"]: r["value"] for r in self.table.to_pylist() if r["metric"] == metric}
+    def by_unit(self, metric: str) -> dict[str, float | None]:
+        """unit → its score for ``metric`` (None for a dead unit)."""
+        return {r["unit"]: None if r.get("dead") else r["value"] for r in self.table.to_pylist() if r["metric"] == metric}
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(dict.fromkeys(self.table["metric"].to_pylist()))

@@ -19,7 +19,7 @@ from discover_ray.config import DissectConfig
 from discover_ray.dissection.identity import RunIdentity, run_identity, submission_id
 from discover_ray.dissection.plan import Plan, plan_dissection
 from discover_ray.pipeline import Event, Executor, LocalExecutor, Runner
-from discover_ray.runs import Attempt, FailedImage, Identification, LabelEntry, RunRecord, StageEvent
+from discover_ray.runs import Attempt, FailedImage, Identification, LabelEntry, RunRecord, SimulationEntry, StageEvent
 from discover_ray.store import Store
 
 __all__ = ["DissectResult", "Plan", "RunIdentity", "dissect", "make_executor", "plan_dissection", "run_identity",
@@ -100,6 +100,14 @@ def _results(plan: Plan, record: RunRecord, executor: Executor) -> RunRecord:
         if ident:
             identification.append(Identification(model=stage.model.label, layer=stage.layer, method=stage.method.name,
                                                  source=stage.source.name if stage.source else "", **ident))
+    simulation = []
+    for sim in plan.simulations:
+        marker = sim.dataset.marker() or {}
+        for scoring, summary in marker.get("scorings", {}).items():
+            simulation.append(SimulationEntry(
+                model=sim.labelling.model.label, layer=sim.labelling.layer, method=sim.labelling.method.name,
+                source=sim.labelling.source.name if sim.labelling.source else "", simulator=sim.simulator.name,
+                scoring=scoring, dataset=sim.dataset.relative, **summary))
     failed: dict[str, str] = {}
     for stage in plan.stages:
         if stage.name in ("RECORD", "EMBED", "DECODE"):
@@ -107,7 +115,7 @@ def _results(plan: Plan, record: RunRecord, executor: Executor) -> RunRecord:
                 for image_id, reason, _ in (output.dataset.marker() or {}).get("failed", []):
                     failed.setdefault(image_id, reason)
     return record.model_copy(update={
-        "identification": identification, "executor": executor.describe(),
+        "identification": identification, "simulation": simulation, "executor": executor.describe(),
         "failed_images": [FailedImage(image_id=i, reason=r) for i, r in sorted(failed.items())],
     })
 
@@ -170,3 +178,10 @@ class _Printer:
                 f"neuron identification {i.model}/{i.layer} ({i.method}, {i.source}): top-1 {i.top1:.0%}, "
                 f"top-5 {i.top5:.0%}, mean rank {i.mean_rank:.2f} over {i.units} units"
                 + (f", text cosine {i.text_cosine:.3f}" if i.text_cosine is not None else ""), highlight=False)
+        rows: dict[tuple[str, str, str, str, str], list[str]] = {}
+        for e in record.simulation:
+            score = "all dead" if e.correlation_mean is None else f"{e.correlation_mean:.3f} ± {e.correlation_sem or 0:.3f}"
+            rows.setdefault((e.model, e.layer, e.source, e.simulator, e.scoring), []).append(f"{e.method} {score}")
+        for (model, layer, source, simulator, scoring), scores in rows.items():
+            by = source if source == simulator else f"{source}, simulated by {simulator}"
+            self.console.print(f"simulation {scoring} {model}/{layer} ({by}): {', '.join(scores)}", highlight=False)

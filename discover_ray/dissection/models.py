@@ -7,7 +7,7 @@ into its twin without competition; for random initialisation, a hash of the spec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ from discover_ray.models import LoadedModel, ModelSpec, load_model
 from discover_ray.probe import ProbeSet, decode_images
 from discover_ray.probe.pixels import PixelFormat, split_preprocess
 from discover_ray.record import record_activations, resolve_layers
+from discover_ray.record.heads import LinearHead, linear_heads
 from discover_ray.store import config_hash
 
 __all__ = ["PreparedModel", "prepare_model", "seeded_load"]
@@ -43,6 +44,7 @@ class PreparedModel:
     units: dict[str, int]  # per layer
     block_sizes: dict[str, int]  # per layer: U of its LWTA blocks (1: none)
     competition: dict[str, Any] | None  # how the stochastic layers are recorded
+    heads: dict[str, LinearHead] = field(default_factory=dict)  # layers whose pooled output feeds the linear head
 
     @property
     def label(self) -> str:
@@ -70,8 +72,12 @@ def prepare_model(model: ModelConfig, config: DissectConfig, probe: ProbeSet) ->
     pixel_format = split_preprocess(loaded.preprocess) if config.record.pixel_cache else None
     if pixel_format is not None and pixel_format.id is None:
         pixel_format = None
+    simulating = config.simulating()
+    heads = {}
+    if simulating is not None and any(s.startswith("ablation") for s in simulating.scorings):
+        heads = linear_heads(loaded.model, model.layers, example, config.record.conv_pool, config.record.token_pool)
     return PreparedModel(model, checkpoint_id, loaded.checkpoint_id, loaded.preprocess, pixel_format, units,
-                         block_sizes, recorded)
+                         block_sizes, recorded, heads)
 
 
 def _example(probe: ProbeSet, preprocess: Any) -> torch.Tensor:

@@ -1,10 +1,10 @@
 """Labelling methods as plugins: the interface, the registry, and the built-in methods.
 
 Built in: the five CLIP-Dissect similarity functions (``cos``, ``cos3``, ``rank_reorder``, ``wpmi``,
-``soft_wpmi``). A new method is one module with one ``@register_method`` class.
+``soft_wpmi``) and Linear Explanations (``linear_explanation``). A new method is one module with one ``@register_method`` class.
 """
 
-from discover_ray.methods import clip_dissect  # noqa: F401  (registers the built-in methods)
+from discover_ray.methods import clip_dissect, linear_explanation  # noqa: F401  (registers the built-in methods)
 from discover_ray.methods.base import NEEDS, ConceptScores, LayerInputs, Method, MethodOutput, ReduceSettings
 from discover_ray.methods.registry import get_method, method_names, register_method
 

@@ -51,6 +51,8 @@ class ConceptScores:
     scores: np.ndarray | None = None
     image_emb: np.ndarray | None = None
     concept_emb: np.ndarray | None = None
+    calibration: tuple[float, float] | None = None  # (a, b) of σ(a·(cos + b)), for embedding sources
+    source: str = ""  # the concept source's name, for messages
 
     @property
     def n_concepts(self) -> int:
@@ -58,6 +60,24 @@ class ConceptScores:
             return int(self.scores.shape[1])
         assert self.concept_emb is not None
         return int(self.concept_emb.shape[0])
+
+    def values(self, rows: np.ndarray | None = None, columns: np.ndarray | None = None) -> np.ndarray:
+        """C [N, M] in [0, 1], the concept values Linear Explanations and simulation read: the label matrix as it
+        is, or σ(a·(cos + b)) of the embeddings with the source's calibration (float32)."""
+        if self.scores is not None:
+            out = self.scores if rows is None else self.scores[rows]
+            return np.ascontiguousarray(out if columns is None else out[:, columns], dtype=np.float32)
+        if self.calibration is None:
+            raise ConfigError(
+                f"concept source {self.source!r} has no calibration (a, b) for concept values σ(a·(cos + b)); set "
+                "calibration: {a: ..., b: ...} on it, or fit one with `discover calibrate CONFIG --source NAME`")
+        assert self.image_emb is not None and self.concept_emb is not None
+        a, b = self.calibration
+        images = self.image_emb if rows is None else self.image_emb[rows]
+        texts = self.concept_emb if columns is None else self.concept_emb[columns]
+        cos = torch.from_numpy(np.ascontiguousarray(images, np.float32)) @ torch.from_numpy(
+            np.ascontiguousarray(texts, np.float32)).T
+        return torch.sigmoid(a * (cos + b)).numpy()
 
     def kwargs(self) -> dict[str, torch.Tensor]:
         """P as the similarity kernels take it (``concept_scores=`` or ``image_emb=`` + ``concept_emb=``)."""
@@ -80,6 +100,7 @@ class LayerInputs:
     scores: ConceptScores | None = None
     truth: list[int] | None = None  # each unit's true concept index (a classifier's output layer), when known
     probe: Any = None  # pipeline.chunks.ProbeHandle, for methods that need image bytes
+    splits: dict[str, np.ndarray] | None = None  # row positions of the train / val / test images (methods that need splits)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -104,6 +125,9 @@ class Method:
     writes: ClassVar[str] = "labels"
     #: whether the method ranks concepts of a concept set (then it is run once per concept source)
     per_concept_source: ClassVar[bool] = True
+    #: whether it reads concept values C in [0, 1] (``ConceptScores.values``), which a CLIP source gives only
+    #: with a calibration
+    reads_concept_values: ClassVar[bool] = False
 
     def params(self, given: dict[str, Any] | None) -> BaseModel:
         """The method's parameters with defaults filled in; a misspelt or bad one is an error naming it."""
@@ -116,6 +140,9 @@ class Method:
 
     def check(self, params: BaseModel, images: int) -> None:
         """Raise before any work if the method cannot run on a probe set of ``images`` images."""
+
+    def validate(self, inputs: LayerInputs, params: BaseModel) -> None:
+        """Raise, on the driver and before any task, if the layer's inputs cannot be used (naming the layer)."""
 
     def tasks(self, inputs: LayerInputs, params: BaseModel) -> Sequence[Any]:
         return [None]

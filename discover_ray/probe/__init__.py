@@ -130,6 +130,7 @@ class ProbeSet:
             ProbeImage(
                 ids[row],
                 uris[row],
+                row=row,
                 label=_column(table, label_column, row),
                 label_name=_column(table, label_name_column, row),
                 texts=_texts(table, text_column, row),
@@ -174,6 +175,18 @@ class ProbeSet:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def column(self, name: str) -> list[Any]:
+        """The values of another column of a Parquet or manifest source (attributes, a split), one per image in
+        ``images`` order."""
+        if self.kind == "folder":
+            raise ProbeError(f"probe folder {self.source!r} has no columns; a column {name!r} needs a Parquet or CSV probe set")
+        names = _schema_names(self.source, self.storage_options) if not self.source.lower().endswith(".csv") else \
+            _read_table(self.source, self.storage_options).column_names
+        if name not in names:
+            raise ProbeError(f"probe set {self.source!r} has no column {name!r}; columns: {[n for n in names if n != self.image_column]}")
+        values = _read_table(self.source, self.storage_options, columns=[name])[name].to_pylist()
+        return [values[im.row] for im in self.images if im.row is not None]
 
     # -- reading -------------------------------------------------------------------------------------
     def read_bytes(self, images: Sequence[ProbeImage]) -> list[bytes | Exception]:

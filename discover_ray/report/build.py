@@ -37,7 +37,8 @@ from discover_ray.evaluate.sparsity import EPS, Sparsity
 from discover_ray.report import plots
 from discover_ray.report.thumbnails import ProbeMismatch, Thumbnails, open_run_probe
 from discover_ray.runs import LabelEntry, RunRecord, load_run
-from discover_ray.schema import Labels
+from discover_ray.runs.read import READERS, read_simulation
+from discover_ray.schema import Explanations, Labels
 from discover_ray.store import Store
 
 __all__ = ["Report", "build_report", "default_folder"]
@@ -67,12 +68,14 @@ class _Layer:
     model: str
     layer: str
     primary: LabelEntry
-    labellings: list[tuple[LabelEntry, Labels]]
+    labellings: list[tuple[LabelEntry, Labels | Explanations]]
     recorded: LayerActivations
     stats: Sparsity
     per_position: Sparsity | None = None
     page: str = ""
     top: dict[str, tuple[str, float]] = field(default_factory=dict)
+    simulation: dict[str, Any] = field(default_factory=dict)  # the layer's simulation scores, method by method
+    test_r: dict[int, dict[str, float | None]] = field(default_factory=dict)  # id(entry) → unit → test correlation
 
     @property
     def title(self) -> str:
@@ -137,7 +140,7 @@ def _finished(store: Store, run_id: str) -> RunRecord:
 
 
 def _layers(store: Store, run: RunRecord, method: str | None, eps: float) -> list[_Layer]:
-    entries = [e for e in run.labels if e.table == "labels"]
+    entries = [e for e in run.labels if e.table in READERS]
     methods = sorted({e.method for e in entries})
     if method is not None and method not in methods:
         raise UnknownName(f"run {run.run_id} has no labels by method {method!r}; it has {methods}")
@@ -151,12 +154,31 @@ def _layers(store: Store, run: RunRecord, method: str | None, eps: float) -> lis
             continue
         rank = {m: i for i, m in enumerate(PREFERRED_METHODS)}
         primary = min(group, key=lambda e: (e.method != method, rank.get(e.method, len(rank)), group.index(e)))
-        labellings = [(e, Labels(store.committed(e.dataset).read())) for e in group]
-        out.append(_Layer(model, layer, primary, labellings, recorded, layer_activity(recorded, eps),
-                          position_activity(recorded)))
+        labellings = [(e, READERS[e.table](store.committed(e.dataset).read())) for e in group]
+        item = _Layer(model, layer, primary, labellings, recorded, layer_activity(recorded, eps),
+                      position_activity(recorded))
+        item.simulation = _simulation_table(run, model, layer)
+        for e, _ in labellings:
+            scores = read_simulation(store, run.run_id, e, "correlation")
+            if scores is not None:
+                item.test_r[id(e)] = scores
+        out.append(item)
     for item in out:
         item.top = next(t for e, t in item.labellings if e is item.primary).top()
     return out
+
+
+def _simulation_table(run: RunRecord, model: str, layer: str) -> dict[str, Any]:
+    """The layer's simulation scores as the paper's Table 2: a row per (concepts, simulator, scoring), a column
+    per method, mean ± SEM over live units."""
+    entries = [s for s in run.simulation if s.model == model and s.layer == layer]
+    methods = list(dict.fromkeys(s.method for s in entries))
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for s in entries:
+        row = rows.setdefault((s.source, s.simulator, s.scoring), {})
+        row[s.method] = s
+    return {"methods": methods, "rows": [{"source": k[0], "simulator": k[1], "scoring": k[2], "cells": v}
+                                         for k, v in rows.items()]}
 
 
 def _example_ids(run: RunRecord, layers: list[_Layer], examples: int | Sequence[str]) -> list[str]:
@@ -263,7 +285,12 @@ def _cards(item: _Layer, top_images: int) -> list[dict[str, Any]]:
         primary = ranked[id(item.primary)].get(unit, [])
         others = [
             {"name": f"{e.method} · {e.source}", "concept": ranked[id(e)][unit][0][0], "score": ranked[id(e)][unit][0][1]}
-            for e, _ in item.labellings if e is not item.primary and ranked[id(e)].get(unit)
+            for e, t in item.labellings if e is not item.primary and ranked[id(e)].get(unit) and isinstance(t, Labels)
+        ]
+        explanations = [
+            {"name": f"{e.method} · {e.source}", "terms": t.ranked().get(unit, []), "text": t.describe(unit),
+             "test_r": item.test_r.get(id(e), {}).get(unit)}
+            for e, t in item.labellings if isinstance(t, Explanations) and unit in t.by_unit()
         ]
         cards.append({
             "unit": unit,
@@ -274,9 +301,11 @@ def _cards(item: _Layer, top_images: int) -> list[dict[str, Any]]:
             "score": primary[0][1] if primary else float("nan"),
             "top": primary,
             "others": others,
+            "explanations": explanations,
             # the search matches the unit's own ranking first (rank 1 = its label), then the other labellings
             "ranked": json.dumps([c.lower() for c, _ in primary]),
-            "other_labels": json.dumps([[o["name"], o["concept"].lower()] for o in others]),
+            "other_labels": json.dumps([[o["name"], o["concept"].lower()] for o in others]
+                                       + [[x["name"], c.lower()] for x in explanations for c, _ in x["terms"]]),
             "images": [
                 {"image_id": item.recorded.image_ids[i], "activation": float(values[i, column])} for i in order[:, column]
             ],

@@ -10,11 +10,13 @@ from discover_ray.runs.record import (
     ModelInfo,
     ProbeInfo,
     RunRecord,
+    SimulationEntry,
+    SplitInfo,
     StageEvent,
     versions,
 )
 
 __all__ = [
     "Attempt", "CompetitionInfo", "FailedImage", "Identification", "LabelEntry", "ModelInfo", "ProbeInfo", "RunRecord",
-    "StageEvent", "list_runs", "load_attempts", "load_run", "read_labels", "referenced_datasets", "versions",
+    "SimulationEntry", "SplitInfo", "StageEvent", "list_runs", "load_attempts", "load_run", "read_labels", "referenced_datasets", "versions",
 ]

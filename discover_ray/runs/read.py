@@ -5,7 +5,10 @@ from __future__ import annotations
 from discover_ray.errors import RunNotFound, UnknownName
 from discover_ray.runs.attempts import ATTEMPT_FILE, RUN_FILE, attempt_folder
 from discover_ray.runs.record import LabelEntry, RunRecord, StageEvent
-from discover_ray.schema import Labels
+from discover_ray.schema import Explanations, Labels, Scores
+
+#: how each kind of label table a method writes is read back
+READERS: dict[str, type[Labels] | type[Explanations]] = {"labels": Labels, "explanations": Explanations}
 from discover_ray.store import Store, safe_segment
 
 __all__ = ["list_runs", "load_attempts", "load_run", "read_labels", "referenced_datasets"]
@@ -47,13 +50,15 @@ def load_run(store: Store | str, run_id: str) -> RunRecord:
 
 def read_labels(
     store: Store | str, run_id: str, layer: str, method: str | None = None, model: str | None = None,
-) -> list[tuple[LabelEntry, Labels]]:
-    """The label tables of ``layer`` in a run (optionally one method / model), with what each one is."""
+) -> list[tuple[LabelEntry, Labels | Explanations]]:
+    """The label tables of ``layer`` in a run (optionally one method / model), with what each one is: ranked
+    concept labels (``Labels``) or weighted explanations (``Explanations``, ``entry.table == "explanations"``);
+    both read as unit → ranked concepts."""
     store = Store.of(store)
     run = load_run(store, run_id)
     chosen = [
         e for e in run.labels
-        if e.table == "labels" and e.layer == layer and (method is None or e.method == method)
+        if e.table in READERS and e.layer == layer and (method is None or e.method == method)
         and (model is None or e.model == model)
     ]
     if not chosen:
@@ -65,7 +70,19 @@ def read_labels(
             + (f", model {model!r}" if model else "")
             + f"; layers: {layers}, methods: {methods}"
         )
-    return [(e, Labels(store.committed(e.dataset).read())) for e in chosen]
+    return [(e, READERS[e.table](store.committed(e.dataset).read())) for e in chosen]
+
+
+def read_simulation(store: Store | str, run_id: str, entry: LabelEntry, scoring: str = "correlation",
+                    simulator: str | None = None) -> dict[str, float | None] | None:
+    """unit → its simulation score of ``entry``'s labels (None: dead), or None when the run did not score them."""
+    store = Store.of(store)
+    run = load_run(store, run_id)
+    for s in run.simulation:
+        if (s.model, s.layer, s.method, s.source, s.scoring) == (entry.model, entry.layer, entry.method, entry.source,
+                                                                  scoring) and simulator in (None, s.simulator):
+            return Scores(store.committed(s.dataset).read()).by_unit(scoring)
+    return None
 
 
 def referenced_datasets(store: Store | str) -> set[str]:
@@ -79,6 +96,7 @@ def referenced_datasets(store: Store | str) -> set[str]:
         for record in records:
             found.update(record.outputs)
             found.update(e.dataset for e in record.labels)
+            found.update(s.dataset for s in record.simulation)
             found.update(path for m in record.models.values() for path in m.layers.values())
             found.update(path for s in record.stages for path in s.outputs)
     return found

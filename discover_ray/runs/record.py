@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "CompetitionInfo", "FailedImage", "Identification", "LabelEntry", "ModelInfo", "ProbeInfo", "RunRecord",
-    "StageEvent", "versions",
+    "SimulationEntry", "SplitInfo", "StageEvent", "versions",
 ]
 
 
@@ -75,6 +75,7 @@ class ModelInfo(_Record):
     units: dict[str, int] = Field(default_factory=dict)
     block_sizes: dict[str, int] = Field(default_factory=dict)
     competition: CompetitionInfo | None = None
+    heads: dict[str, str] = Field(default_factory=dict)  # layer → the linear head its pooled output feeds
 
 
 class LabelEntry(_Record):
@@ -106,6 +107,32 @@ class Identification(_Record):
     text_cosine: float | None = None
 
 
+class SimulationEntry(_Record):
+    """One labelling scored by simulation (methods.md §3.6): the layer's mean and SEM over live units."""
+
+    model: str
+    layer: str
+    method: str
+    source: str
+    simulator: str
+    scoring: str  # correlation | ablation_optim | ablation_norm
+    correlation_mean: float | None  # the scoring's mean over live units (None: every unit dead)
+    correlation_sem: float | None
+    units: int
+    dead_units: int
+    dataset: str  # the per-unit scores
+
+
+class SplitInfo(_Record):
+    """The train / val / test split of the probe images that explanation fitting and scoring used."""
+
+    id: str
+    seed: int
+    fractions: list[float]
+    column: str | None = None
+    counts: dict[str, int]
+
+
 class FailedImage(_Record):
     image_id: str
     reason: str
@@ -127,6 +154,8 @@ class RunRecord(_Record):
     models: dict[str, ModelInfo] = Field(default_factory=dict)
     labels: list[LabelEntry] = Field(default_factory=list)
     identification: list[Identification] = Field(default_factory=list)
+    splits: SplitInfo | None = None
+    simulation: list[SimulationEntry] = Field(default_factory=list)
     failed_images: list[FailedImage] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list)  # every dataset the plan names (kept by `discover gc`)
     stages: list[StageEvent] = Field(default_factory=list)

@@ -67,6 +67,10 @@ class PreparedSource:
         """Content ids of what this source reads (for the run id)."""
         return {"concept_set": self.concepts.id, "encoder": self.encoder_id}
 
+    def has_values(self) -> bool:
+        """Whether the source can give concept values in [0, 1] (a CLIP source needs a calibration)."""
+        return True
+
     def stages(self, context: SourceContext) -> list[Stage]:
         """The stages that compute this source's data (none for label concepts)."""
         return []

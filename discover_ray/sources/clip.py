@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, field_validator
 
 from discover_ray.concepts import BUILTIN, ConceptSet, load_concepts
-from discover_ray.config_files import absolute
+from discover_ray.config_files import Strict, absolute
 from discover_ray.encoders.clip import ClipEncoder, ClipSpec, check_clip
 from discover_ray.methods.base import ConceptScores
 from discover_ray.pipeline.stage import Head, ModelStage, Output, ShardOutput, TaskStage, shard_lengths, stage_key
@@ -25,7 +25,14 @@ from discover_ray.sources.base import ConceptSourceKind, PreparedSource, SourceC
 from discover_ray.sources.registry import register_source
 from discover_ray.store import Dataset, config_hash
 
-__all__ = ["ClipConcepts", "ClipSource", "EmbedImages", "EmbedTexts", "ImageEmbedder"]
+__all__ = ["Calibration", "ClipConcepts", "ClipSource", "EmbedImages", "EmbedTexts", "ImageEmbedder"]
+
+
+class Calibration(Strict):
+    """σ(a·(cos + b)): how an image–text cosine becomes the probability that the image shows the concept."""
+
+    a: float = Field(gt=0)
+    b: float
 
 
 class ClipConcepts(SourceConfig):
@@ -37,6 +44,9 @@ class ClipConcepts(SourceConfig):
     seed: int = 0
     concepts: str
     batch_size: int = Field(256, ge=1)
+    calibration: Calibration | None = Field(
+        None, description="a, b of the concept values σ(a·(cos + b)) that Linear Explanations and simulation read; "
+        "default: the published constants of the model, when it has them (`discover calibrate` fits them)")
 
     @field_validator("pretrained", "concepts")
     @classmethod
@@ -54,6 +64,14 @@ class ClipConcepts(SourceConfig):
     def identity(self) -> dict[str, Any]:
         # the weights and the concept file are named by content (the encoder and concept-set ids)
         return self.model_dump(mode="json", exclude={"name", "pretrained", "concepts"})
+
+    def calibrated(self) -> tuple[float, float] | None:
+        """(a, b) as configured, else the model's published constants, else None."""
+        if self.calibration is not None:
+            return self.calibration.a, self.calibration.b
+        from discover_ray.explain.calibrate import published_calibration
+
+        return published_calibration(self.model, self.pretrained)
 
 
 class ImageEmbedder:
@@ -137,11 +155,17 @@ class ClipSource(PreparedSource):
         self.texts: Dataset = context.store.dataset(f"embeddings/{self.encoder_id}/concepts/{concepts.id}",
                                                     texts_key, "concept_embeddings")
 
+    def has_values(self) -> bool:
+        return self.config.calibrated() is not None
+
     def stages(self, context: SourceContext) -> list[Any]:
         return [EmbedImages(self, context), EmbedTexts(self)]
 
     def data_key(self) -> str:
-        return config_hash({"images": self.images.key, "concepts": self.texts.key})
+        key = {"images": self.images.key, "concepts": self.texts.key}
+        if self.config.calibration is not None:  # concept values change with it (similarity scores do not)
+            key["calibration"] = self.config.calibrated()
+        return config_hash(key)
 
     def data_paths(self) -> list[str]:
         return [self.images.relative, self.texts.relative]
@@ -153,7 +177,8 @@ class ClipSource(PreparedSource):
         keep = np.array([i for i, image_id in enumerate(image_ids) if image_id in row], dtype=np.int64)
         image_emb = emb[[row[image_ids[i]] for i in keep]] if len(keep) else np.zeros((0, emb.shape[1]), np.float32)
         _, concept_emb = read_embeddings(self.texts.read())
-        return ConceptScores(image_emb=image_emb.astype(np.float32), concept_emb=concept_emb.astype(np.float32)), keep
+        return ConceptScores(image_emb=image_emb.astype(np.float32), concept_emb=concept_emb.astype(np.float32),
+                             calibration=self.config.calibrated(), source=self.name), keep
 
 
 @register_source

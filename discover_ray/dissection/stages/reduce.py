@@ -15,6 +15,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from discover_ray.dissection.models import PreparedModel
+from discover_ray.explain.splits import Splits
 from discover_ray.methods import LayerInputs, Method, ReduceSettings
 from discover_ray.pipeline.stage import Output, TaskStage, stage_key
 from discover_ray.schema import VERSIONS, read_activations
@@ -36,15 +37,18 @@ class ReduceStage(TaskStage):
 
     def __init__(self, store: Store, model: PreparedModel, layer: str, activations: Output, method: Method,
                  params: BaseModel, source: PreparedSource | None, settings: ReduceSettings, classes: tuple[str, ...],
-                 probe_id: str, probe: Any = None):
+                 probe_id: str, probe: Any = None, splits: Splits | None = None):
         self.model, self.layer, self.activations, self.method, self.params = model, layer, activations, method, params
-        self.source, self.settings, self.classes, self.probe = source, settings, classes, probe
+        self.source, self.settings, self.classes, self.probe, self.splits = source, settings, classes, probe, splits
+        uses_splits = "splits" in method.needs
+        if uses_splits and splits is None:
+            raise ValueError(f"method {method.name!r} needs the run's splits")
         concept_set = source.concepts.id if source else "none"
         encoder = source.encoder_id if source else "none"
         key = stage_key("REDUCE", method.writes, VERSIONS[method.writes], method=method.name,
                         params=params.model_dump(mode="json"), activations=activations.dataset.key,
                         source=source.data_key() if source else None, top_k=settings.top_k, dtype=settings.dtype,
-                        seed=settings.seed)
+                        seed=settings.seed, **({"splits": splits.id} if uses_splits and splits else {}))
         self.dataset = store.dataset(f"labels/{model.checkpoint_id}/{probe_id}/{layer}/{method.name}__{concept_set}__{encoder}",
                                      key, method.writes)
         self.expected = self._expected_rows()
@@ -71,6 +75,8 @@ class ReduceStage(TaskStage):
             inputs.activations = np.ascontiguousarray(acts.values[keep]) if len(keep) != len(acts.image_ids) else acts.values
             inputs.concepts, inputs.scores = self.source.concepts, scores
             inputs.truth = self._truth(inputs.units)
+        if self.splits is not None:
+            inputs.splits = self.splits.positions(inputs.image_ids)
         return inputs
 
     def _truth(self, units: int) -> list[int] | None:
@@ -81,6 +87,10 @@ class ReduceStage(TaskStage):
         return self.source.concepts.index_of(list(self.classes))
 
     def tasks(self, part: int, payload: LayerInputs) -> list[Any]:
+        if "splits" in self.method.needs:
+            assert self.splits is not None
+            self.splits.check(payload.image_ids)  # an empty train or val split: an error naming it, before any task
+        self.method.validate(payload, self.params)
         return [(self.method, self.params, task) for task in self.method.tasks(payload, self.params)]
 
     def assemble(self, part: int, results: list[Any], payload: LayerInputs) -> dict[str, pa.Table]:
