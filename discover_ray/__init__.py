@@ -5,6 +5,7 @@ The public API (the CLI, ``jobs/`` and the benchmarks use only these)::
     import discover_ray as dr
     result = dr.dissect(dr.load_config("jobs/configs/cifar10_resnet20.yaml"))   # executor="local": no Ray
     (entry, labels), *_ = dr.read_labels(result.store, result.run_id, "linear", method="soft_wpmi")
+    found = dr.linear_explanations(A, C, train=train_rows, val=val_rows)            # the LE math, on tensors
     dr.build_report(result.store, result.run_id)
     trained = dr.train(dr.load_train_config("jobs/configs/train_cifar_resnet20_cvn2.yaml"))
 
@@ -30,7 +31,10 @@ _API = {
     "load_run": "discover_ray.runs",
     "load_attempts": "discover_ray.runs",
     "read_labels": "discover_ray.runs",
+    "read_simulation": "discover_ray.runs",
     "RunRecord": "discover_ray.runs",
+    "calibrate_source": "discover_ray.dissection.calibration",
+    "linear_explanations": "discover_ray.explain",
     "build_report": "discover_ray.report",
     "explain_image": "discover_ray.analyze",
     "layer_sparsity": "discover_ray.analyze",
@@ -57,7 +61,10 @@ __all__ = [
     "load_run",
     "load_attempts",
     "read_labels",
+    "read_simulation",
     "RunRecord",
+    "calibrate_source",
+    "linear_explanations",
     "build_report",
     "explain_image",
     "layer_sparsity",

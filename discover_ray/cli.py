@@ -68,7 +68,7 @@ def demo(
 
 
 def _print_loop(result, method: str, units: int) -> None:
-    from discover_ray import load_run, read_labels
+    from discover_ray import load_run, read_labels, read_simulation
 
     shots = Table(title="tiny CLIP: zero-shot accuracy on held-out world images")
     for family in result.zero_shot:
@@ -95,6 +95,22 @@ def _print_loop(result, method: str, units: int) -> None:
             concepts = ranked[unit]
             neurons.add_row(layer, unit, concepts[0][0], f"{concepts[0][1]:.3f}", ", ".join(c for c, _ in concepts[1:3]))
     console.print(neurons)
+    found = [(e, t) for e, t in read_labels(result.store, run_id, "relu3", method="linear_explanation")
+             if e.source == "families"]
+    if found:
+        (entry, explanations), = found
+        test_r = read_simulation(result.store, run_id, entry) or {}
+        view = Table(title="Linear Explanations of the CNN CVN's relu3 units (the world's five concept families)")
+        for column in ("unit", "explanation", "test r"):
+            view.add_column(column)
+        for unit in explanations.units[:units]:
+            r = test_r.get(unit)
+            view.add_row(unit, explanations.describe(unit), "" if r is None else f"{r:.2f}")
+        console.print(view)
+        simulated = [s for s in load_run(result.store, run_id).simulation
+                     if s.layer == "relu3" and s.source == "families" and s.scoring == "correlation"]
+        console.print("simulation on held-out images, relu3 (families): " + ", ".join(
+            f"{s.method} {s.correlation_mean:.3f}" for s in simulated if s.correlation_mean is not None), highlight=False)
 
 
 def _quick_demo(seed: int, method: str, units: int) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import fsspec
 
-from discover_ray.concepts._builtin import BUILTIN, CIFAR100_SUPERCLASS_MEMBERS
+from discover_ray.concepts._builtin import BUILTIN, CIFAR10_SUPERCLASS_MEMBERS, CIFAR100_SUPERCLASS_MEMBERS
 from discover_ray.errors import ConfigError, InputNotFound, UnknownName
 from discover_ray.ids import content_id
 
@@ -130,8 +130,12 @@ def builtin_names() -> tuple[str, ...]:
     return tuple(BUILTIN)
 
 
+SUPERCLASS_TABLES = {"cifar100_superclasses": CIFAR100_SUPERCLASS_MEMBERS,
+                     "cifar10_superclasses": CIFAR10_SUPERCLASS_MEMBERS}
+
+
 def superclass_members(name: str = "cifar100_superclasses") -> dict[str, tuple[str, ...]]:
     """Superclass → member class names, for label-derived concepts (the LE(Label) style)."""
-    if name != "cifar100_superclasses":
-        raise UnknownName(f"no superclass table for {name!r}")
-    return dict(CIFAR100_SUPERCLASS_MEMBERS)
+    if name not in SUPERCLASS_TABLES:
+        raise UnknownName(f"no superclass table for {name!r}; built in: {', '.join(SUPERCLASS_TABLES)}")
+    return dict(SUPERCLASS_TABLES[name])

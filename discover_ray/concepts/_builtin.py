@@ -47,3 +47,10 @@ BUILTIN: dict[str, tuple[str, ...]] = {
     "cifar100": CIFAR100,
     "cifar100_superclasses": CIFAR100_SUPERCLASSES,
 }
+
+
+#: CIFAR-10's two superclasses (the LE(Label) concepts on CIFAR-10: 10 classes + 2 superclasses)
+CIFAR10_SUPERCLASS_MEMBERS: dict[str, tuple[str, ...]] = {
+    "animal": ("bird", "cat", "deer", "dog", "frog", "horse"),
+    "vehicle": ("airplane", "automobile", "ship", "truck"),
+}

@@ -25,7 +25,7 @@ from discover_ray.config import load_config
 from discover_ray.dissection import dissect
 from discover_ray.training.config import load_train_config
 
-__all__ = ["CLIP_MODEL", "METHODS", "TARGETS", "TWINS", "LoopResult", "LoopSizes", "run_loop", "write_config"]
+__all__ = ["CLIP_MODEL", "FAMILY_COLUMNS", "METHODS", "TARGETS", "TWINS", "LoopResult", "LoopSizes", "run_loop", "write_config"]
 
 CLIP_MODEL = "TinyCLIP-RN-32"
 #: Target models: a small CNN and a tiny ViT on 32 px images, each with its competitive (LWTA) twin.
@@ -47,7 +47,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "vit": {"batch_size": 64, "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
             "schedule": {"name": "cosine", "warmup_epochs": 1, "warmup_lr": 1e-4, "min_lr": 1e-5}},
 }
-METHODS = ["soft_wpmi", "wpmi", "cos", "cos3", "rank_reorder"]
+METHODS = ["soft_wpmi", "wpmi", "cos", "cos3", "rank_reorder", "linear_explanation"]
+#: The world's five concept families as label concepts (one per value), named as in ``world.concept_vocabulary``.
+FAMILY_COLUMNS = {family: "{value} background" if family == "background" else "{value}" for family in world.FAMILIES}
 HEADER = ("# Written by `discover demo`. Edit it and re-run this step with `discover {command} {path}`;\n"
           "# the demo keeps a config you edited and runs it as it is.\n")
 
@@ -117,8 +119,12 @@ def target_config(name: str, folder: Path, root: Path, seed: int, sizes: LoopSiz
     }
 
 
-def dissect_config(name: str, checkpoint: str, clip_checkpoint: str, folder: Path, root: Path, seed: int) -> dict[str, Any]:
-    """A target dissected with label concepts (classes + colour and shape superclasses) and the tiny CLIP."""
+def dissect_config(name: str, checkpoint: str, clip_checkpoint: str, folder: Path, root: Path, seed: int,
+                   calibration: dict[str, float] | None = None) -> dict[str, Any]:
+    """A target dissected with label concepts (classes + colour and shape superclasses), the world's five concept
+    families, and the tiny CLIP (with its calibration for concept values, when given)."""
+    clip = {"kind": "clip", "model": CLIP_MODEL, "pretrained": clip_checkpoint, "concepts": str(folder / "concepts.txt"),
+            "batch_size": 300}
     return {
         "name": f"world-{name}", "store": str(root / "runs"), "seed": seed,
         "probe": {"source": str(folder / "probe.parquet"), "shard_size": 300},
@@ -127,11 +133,12 @@ def dissect_config(name: str, checkpoint: str, clip_checkpoint: str, folder: Pat
             {"kind": "labels", "superclasses": {
                 **{c: [k for k in world.class_names() if k.startswith(c + " ")] for c in world.COLOURS},
                 **{s: [k for k in world.class_names() if k.endswith(" " + s)] for s in world.SHAPES}}},
-            {"kind": "clip", "model": CLIP_MODEL, "pretrained": clip_checkpoint,
-             "concepts": str(folder / "concepts.txt"), "batch_size": 300},
+            {"kind": "labels", "name": "families", "classes": False, "columns": FAMILY_COLUMNS},
+            {**clip, "calibration": calibration} if calibration else clip,
         ],
         "record": {"batch_size": 150},
-        "reduce": {"methods": METHODS, "top_k": 5},
+        "reduce": {"methods": METHODS if calibration else [m for m in METHODS if m != "linear_explanation"],
+                   "top_k": 5},
         "ray": {"progress": False},
     }
 
@@ -139,6 +146,7 @@ def dissect_config(name: str, checkpoint: str, clip_checkpoint: str, folder: Pat
 def run_loop(root: str | Path = "./discover-demo", seed: int = 0, sizes: LoopSizes | None = None,
              console: Console | None = None) -> LoopResult:
     """Runs (or resumes) the whole loop under ``root``; returns what it made."""
+    from discover_ray.dissection.calibration import calibrate_source
     from discover_ray.encoders.clip import ClipEncoder, ClipSpec
     from discover_ray.on_ray.cluster import connect
     from discover_ray.report import build_report
@@ -177,9 +185,20 @@ def run_loop(root: str | Path = "./discover-demo", seed: int = 0, sizes: LoopSiz
     zero_shot = world.zero_shot_accuracy(encoder, world.generate(sizes.probe, seed=seed * 10 + 2))
 
     began = time.perf_counter()
+    # the tiny CLIP's concept values σ(a·(cos + b)), fitted to the probe's labels (its image embeddings are the
+    # dissections' own EMBED stage, computed once here)
+    first = dissect_config(next(iter(targets)), next(iter(targets.values()))["checkpoint"], clip.model_file, folder,
+                           root, seed)
+    calibrated = calibrate_source(load_config(first), f"clip:{CLIP_MODEL}", executor="ray", console=console).calibration
+    calibration = {"a": round(calibrated.a, 4), "b": round(calibrated.b, 4)}
+    seconds["calibrate"] = time.perf_counter() - began
+    console.print(f"tiny CLIP calibration: a = {calibration['a']}, b = {calibration['b']} (mean BCE "
+                  f"{calibrated.loss:.4f})", highlight=False)
+
+    began = time.perf_counter()
     for name, target in targets.items():
         path = write_config(configs / f"{name}.yaml",
-                            dissect_config(name, target["checkpoint"], clip.model_file, folder, root, seed),
+                            dissect_config(name, target["checkpoint"], clip.model_file, folder, root, seed, calibration),
                             "dissect", console)
         target["config"] = path
         target["run_id"] = dissect(load_config(path), console=console).run_id

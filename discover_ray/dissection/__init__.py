@@ -128,7 +128,7 @@ class _Printer:
         self.console, self.bars = console, bars
         self.progress: Progress | None = None
         self.skipped = 0
-        self.methods: tuple[str, list[str], float] | None = None  # REDUCE lines waiting: layer, methods, seconds
+        self.methods: tuple[str, list[str], float] | None = None  # lines waiting: "STAGE where", methods, seconds
 
     def start(self, title: str, images: int) -> Any:
         self._flush()
@@ -150,8 +150,9 @@ class _Printer:
         if event.status == "skipped":
             self.skipped += 1
             return
-        if event.stage == "REDUCE":
+        if event.stage in ("REDUCE", "SIMULATE"):  # one line for the methods of a layer and concept source
             where, _, method = event.title.rpartition(": ")
+            where = f"{event.stage} {where}"
             if self.methods is not None and self.methods[0] != where:
                 self._flush()
             previous = self.methods or (where, [], 0.0)
@@ -166,7 +167,7 @@ class _Printer:
     def _flush(self) -> None:
         if self.methods is not None:
             where, methods, seconds = self.methods
-            self.console.print(f"REDUCE {where}: {', '.join(methods)} in {seconds:.1f} s", highlight=False)
+            self.console.print(f"{where}: {', '.join(methods)} in {seconds:.1f} s", highlight=False)
             self.methods = None
 
     def done(self, plan: Plan, record: RunRecord) -> None:

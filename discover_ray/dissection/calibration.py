@@ -74,8 +74,12 @@ def calibrate_source(config: DissectConfig, source: str | None = None, *, method
                 superclasses[name] = [index[m] for m in members if m in index]
     names = list(probe.classes) + [n.replace("_", " ") for n in kept_superclasses(superclasses)]
     texts = ClipEncoder(chosen.spec, "cuda" if torch.cuda.is_available() else "cpu").encode_text(names).numpy()
-    cos = torch.from_numpy(np.ascontiguousarray(image_emb, np.float32)) @ torch.from_numpy(texts).T
+    cos = torch.from_numpy(np.array(image_emb, np.float32)) @ torch.from_numpy(texts).T
     targets = calibration_targets(labels, len(probe.classes), superclasses)
     found = calibrate(cos.clamp(-1, 1), targets, method=method)
+    if found.a <= 0:
+        raise ConfigError(
+            f"{chosen.name}: the image–text cosines do not rise with the labels (fitted a = {found.a:.3g} ≤ 0), so its "
+            "concept values would mean the opposite of the concepts; check the encoder's model and pretrained tag")
     return SourceCalibration(chosen.name, found, len(ids), int(targets.shape[1]))
 

@@ -9,7 +9,10 @@ superclasses, and the tiny CLIP over the world's 22-concept vocabulary) and ever
 (b) hidden units: agreement of each unit's top-1 label with the concept the ground truth says explains
     it best (largest correlation with the concept's presence, ``evaluate.ground_truth``), beside the
     chance rate 1/M of a random label from the same M concepts;
-(c) CVN vs baseline: the same figures for each CVN and its non-competitive twin, side by side.
+(c) CVN vs baseline: the same figures for each CVN and its non-competitive twin, side by side;
+(d) Linear Explanations: each unit's support (its weighted concepts) scored against the truth: the share of
+    units whose support holds the truth's best concept, beside the chance of a random support of the same
+    length; and every labelling's simulation correlation on the test images of the run's split.
 
 Prints one JSON object and a Markdown table (for the README).
 
@@ -31,7 +34,7 @@ from discover_ray import Store, load_run, world  # noqa: E402
 from discover_ray.analyze import read_activations  # noqa: E402
 from discover_ray.demo.loop import TARGETS, TWINS, LoopSizes, run_loop  # noqa: E402
 from discover_ray.evaluate.ground_truth import agreement, best_truth_concepts  # noqa: E402
-from discover_ray.schema import Labels  # noqa: E402
+from discover_ray.runs.read import READERS  # noqa: E402
 
 
 def score(result, sizes: LoopSizes, seed: int) -> list[dict]:
@@ -43,33 +46,45 @@ def score(result, sizes: LoopSizes, seed: int) -> list[dict]:
     for name, target in result.targets.items():
         run = load_run(store, target["run_id"])
         identification = {(i.source, i.method): i.top1 for i in run.identification}
+        simulated = {(s.layer, s.source, s.method): s.correlation_mean for s in run.simulation if s.scoring == "correlation"}
         classifier = TARGETS[name]["layers"][-1]
         for entry in run.labels:
             if entry.layer == classifier:
                 continue
             recorded = read_activations(store, run, entry.model, entry.layer)
             order = [int(i.rsplit("/", 1)[1]) for i in recorded.image_ids]  # world/000123 → row 123
-            labels = Labels(store.committed(entry.dataset).read()).top()
+            table = READERS[entry.table](store.committed(entry.dataset).read())
             concepts = (vocabulary if entry.source.startswith("clip")
+                        else [c for c in vocabulary if c not in world.class_names()] if entry.source == "families"
                         else list(world.class_names()) + list(world.COLOURS) + list(world.SHAPES))
             columns = [vocabulary.index(c) for c in concepts]
             best = best_truth_concepts(recorded.values, truth[order][:, columns])
-            predicted = [labels.get(u, (None, 0))[0] for u in recorded.units]
+            if entry.table == "explanations":  # a support holds the truth's best concept
+                supports = [[c for c, _ in table.ranked().get(u, [])] for u in recorded.units]
+                hits = [concepts[int(b)] in support for support, b in zip(supports, best, strict=True)]
+                hidden, chance = sum(hits) / len(hits), sum(len(s) for s in supports) / len(supports) / len(concepts)
+            else:
+                top = table.top()
+                hidden = agreement([top.get(u, (None, 0))[0] for u in recorded.units], concepts, best)
+                chance = 1 / len(concepts)
             rows.append({
                 "model": name, "source": entry.source.split(":")[0], "method": entry.method, "layer": entry.layer,
                 "units": len(recorded.units), "val_top1": target["val_top1"],
-                "hidden_agreement": agreement(predicted, concepts, best), "chance": 1 / len(concepts),
+                "hidden_agreement": hidden, "chance": chance,
                 "final_top1": identification.get((entry.source, entry.method)),
+                "simulation_correlation": simulated.get((entry.layer, entry.source, entry.method)),
             })
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | concepts | method | final-layer top-1 | hidden layer | units | agreement with truth | chance |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | concepts | method | final-layer top-1 | hidden layer | units | agreement with truth | chance "
+             "| test simulation r |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['source']} | {r['method']} | {r['final_top1']:.0%} | {r['layer']} | "
-                     f"{r['units']} | {r['hidden_agreement']:.1%} | {r['chance']:.1%} |")
+        final = "–" if r["final_top1"] is None else f"{r['final_top1']:.0%}"
+        sim = "–" if r["simulation_correlation"] is None else f"{r['simulation_correlation']:.3f}"
+        lines.append(f"| {r['model']} | {r['source']} | {r['method']} | {final} | {r['layer']} | "
+                     f"{r['units']} | {r['hidden_agreement']:.1%} | {r['chance']:.1%} | {sim} |")
     return "\n".join(lines)
 
 

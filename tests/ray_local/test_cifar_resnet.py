@@ -83,3 +83,32 @@ def test_resnet20_report_shows_its_thumbnails_in_chromium(resnet20_run, chromium
     shot = tmp_path / "resnet20_linear.png"
     chromium.save_screenshot(str(shot))
     print(f"screenshot: {shot}")
+
+
+def test_resnet20_layer3_linear_explanations_simulate_better_than_single_labels(tmp_path):
+    """LE(Label) over the 10 classes and CIFAR-10's two superclasses, against soft-WPMI's single label, scored by
+    simulation on the held-out test images of the split (correlation, and ablation through ``linear``)."""
+    from tests.conftest import shared_dir
+
+    shared = shared_dir()
+    if not shared.is_dir():
+        pytest.skip(f"shared data folder {shared} is absent (set DISCOVER_SHARED)")
+    config = load_config({
+        "store": str(tmp_path / "runs"),
+        "probe": {"source": str(shared / "data/cifar10/test.parquet"), "sample": 1500, "seed": 1, "shard_size": 750},
+        "models": [{"name": "cifar_resnet20", "checkpoint": str(shared / "models/cifar10-resnet/resnet20-12fca82f.th"),
+                    "layers": ["layer3"]}],
+        "concepts": [{"kind": "labels", "superclasses": "cifar10_superclasses"}],
+        "reduce": {"methods": ["soft_wpmi", "linear_explanation"]},
+        "simulate": {},
+        "ray": {"progress": False},
+    })
+    result = dissect(config, executor="local", console=Console(quiet=True))
+    scores = {(s.method, s.scoring): s for s in result.record.simulation}
+    le, single = scores["linear_explanation", "correlation"], scores["soft_wpmi", "correlation"]
+    assert le.units == single.units == 64 and le.dead_units == 0
+    assert le.correlation_mean > single.correlation_mean + 0.1, (le, single)
+    assert scores["linear_explanation", "ablation_optim"].correlation_mean > scores["soft_wpmi", "ablation_optim"].correlation_mean
+    (entry, table), = read_labels(config.store, result.run_id, "layer3", method="linear_explanation")
+    concepts = {c for terms in table.ranked().values() for c, _ in terms}
+    assert concepts & {"animal", "vehicle"}  # the superclasses explain some units

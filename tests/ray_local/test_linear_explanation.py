@@ -141,3 +141,18 @@ def test_a_layer_of_dead_units_is_recorded_as_dead(world_parquet, tmp_path):
     assert table.describe("u00000") == "dead (constant activation)"
     sims = [s for s in result.record.simulation if s.scoring == "correlation"]
     assert sims and all(s.dead_units == 4 and s.correlation_mean is None for s in sims)
+
+
+def test_calibrate_fits_a_clip_source_from_the_cli(world_parquet, tmp_path):
+    import yaml
+
+    config = le_config(world_parquet, tmp_path / "runs", concepts=[
+        {"kind": "labels"}, {"kind": "clip", "model": "TinyCLIP-ViT-32", "concepts": "cifar10", "batch_size": 60}])
+    path = tmp_path / "le.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = CliRunner().invoke(app, ["calibrate", str(path), "--method", "grid"])
+    assert out.exit_code == 0, out.output
+    assert "clip:TinyCLIP-ViT-32: a = " in out.output and "calibration: {a: " in out.output
+    # LE over a CLIP source without a calibration is refused before any work, saying how to get one
+    with pytest.raises(ConfigError, match="discover calibrate"):
+        dissect(load_config(config), executor="local", console=Console(quiet=True))

@@ -82,7 +82,7 @@ class SimulateStage(TaskStage):
         where = (f"simulation/{labelling.model.checkpoint_id}/{probe_id}/{labelling.layer}/{labelling.method.name}__"
                  f"{source.concepts.id}__{source.encoder_id}__by__{simulator.concepts.id}__{simulator.encoder_id}")
         self.dataset = store.dataset(where, key, "scores")
-        title = f"{labelling.model.label}/{labelling.layer}/{source.name}: {labelling.method.name} by {simulator.name}"
+        title = f"{labelling.model.label}/{labelling.layer}/{source.name} by {simulator.name}: {labelling.method.name}"
         super().__init__(title, [Output("scores", self.dataset, {0: None})],
                          [labelling.dataset.relative, labelling.activations.path, *simulator.data_paths()])
         self._marker: dict[str, Any] = {}
