@@ -156,3 +156,15 @@ def test_calibrate_fits_a_clip_source_from_the_cli(world_parquet, tmp_path):
     # LE over a CLIP source without a calibration is refused before any work, saying how to get one
     with pytest.raises(ConfigError, match="discover calibrate"):
         dissect(load_config(config), executor="local", console=Console(quiet=True))
+
+
+def test_the_report_shows_explanations_and_every_methods_simulation_side_by_side(le_run, tmp_path):
+    from discover_ray import build_report
+
+    config, result, _ = le_run
+    report = build_report(config.store, result.run_id, out=tmp_path / "report", examples=0)
+    page = (report.folder / next(p for p in report.layers if "layer3" in p)).read_text()
+    table = page[page.index('<table class="simulation">'):page.index("</table>", page.index('<table class="simulation">'))]
+    assert "<th>soft_wpmi</th><th>linear_explanation</th>" in table
+    assert table.count("<tr>") == 1 + 2 * 3  # header + (labels, families) × (correlation, ablation_optim, ablation_norm)
+    assert page.count('class="explanation"') == 64 * 2 and "test r " in page and "·" in page

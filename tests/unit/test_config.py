@@ -24,6 +24,24 @@ def test_example_configs_validate(monkeypatch, tmp_path):
     monkeypatch.setenv("CVN_CHECKPOINT", str(tmp_path / "epoch_0003/model.safetensors"))
     cvn = load_config(REPO / "jobs/configs/cifar10_resnet20_cvn2.yaml")
     assert cvn.models[0].name == "cifar_resnet20_cvn2" and cvn.record.competition == "sample"
+    le = load_config(REPO / "jobs/configs/cifar10_resnet20_le.yaml")
+    assert le.reduce.methods == ["soft_wpmi", "linear_explanation"] and le.simulate is not None
+    assert le.simulating() is le.simulate and le.splits.fractions == (0.7, 0.1, 0.2)
+
+
+def test_simulate_section_checks_its_names():
+    base = {"probe": {"source": "/data/p"}, "models": [{"name": "cifar_resnet20", "layers": ["linear"]}],
+            "concepts": [{"kind": "labels"}], "reduce": {"methods": ["soft_wpmi", "linear_explanation"]}}
+    assert load_config(base).simulating() is not None  # LE alone brings the default simulation
+    assert load_config({**base, "reduce": {"methods": ["soft_wpmi"]}}).simulating() is None
+    with pytest.raises(ConfigError, match="simulate.methods"):
+        load_config({**base, "simulate": {"methods": ["cos"]}})
+    with pytest.raises(ConfigError, match="fractions"):
+        load_config({**base, "simulate": {"splits": {"fractions": [0.5, 0.2, 0.2]}}})
+    with pytest.raises(ConfigError, match="scorings"):
+        load_config({**base, "simulate": {"scorings": ["auc"]}})
+    with pytest.raises(ConfigError, match="linear_explanation"):
+        load_config({**base, "reduce": {"methods": ["linear_explanation"], "params": {"linear_explanation": {"width": 0}}}})
 
 
 def test_identity_ignores_where_how_wide_and_where_the_inputs_are():
