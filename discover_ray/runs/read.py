@@ -6,12 +6,12 @@ from discover_ray.errors import RunNotFound, UnknownName
 from discover_ray.runs.attempts import ATTEMPT_FILE, RUN_FILE, attempt_folder
 from discover_ray.runs.record import LabelEntry, RunRecord, StageEvent
 from discover_ray.schema import Explanations, Labels, Scores
+from discover_ray.store import Store, safe_segment
+
+__all__ = ["READERS", "list_runs", "load_attempts", "load_run", "read_labels", "read_simulation", "referenced_datasets"]
 
 #: how each kind of label table a method writes is read back
 READERS: dict[str, type[Labels] | type[Explanations]] = {"labels": Labels, "explanations": Explanations}
-from discover_ray.store import Store, safe_segment
-
-__all__ = ["list_runs", "load_attempts", "load_run", "read_labels", "referenced_datasets"]
 
 
 def list_runs(store: Store | str) -> list[str]:

@@ -18,10 +18,10 @@ from pydantic import Field
 from discover_ray.concepts import ConceptSet
 from discover_ray.encoders.labels import label_concept_scores, resolve_superclasses
 from discover_ray.errors import ConfigError, ProbeError
+from discover_ray.ids import content_id
 from discover_ray.methods.base import ConceptScores
 from discover_ray.sources.base import ConceptSourceKind, PreparedSource, SourceConfig, SourceContext
 from discover_ray.sources.registry import register_source
-from discover_ray.ids import content_id
 from discover_ray.store import config_hash
 
 __all__ = ["LabelConcepts", "LabelSource", "attribute_scores"]
