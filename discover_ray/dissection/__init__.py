@@ -150,7 +150,7 @@ class _Printer:
         if event.status == "skipped":
             self.skipped += 1
             return
-        if event.stage in ("REDUCE", "SIMULATE"):  # one line for the methods of a layer and concept source
+        if event.stage in ("REDUCE", "EXPLAIN", "SIMULATE"):  # one line for the methods of a layer and concept source
             where, _, method = event.title.rpartition(": ")
             where = f"{event.stage} {where}"
             if self.methods is not None and self.methods[0] != where:

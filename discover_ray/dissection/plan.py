@@ -2,7 +2,7 @@
 
 The order is: each concept source's stages (CLIP: EMBED images, EMBED concepts), one DECODE per pixel
 format the models share (the pixel cache), RECORD per model, REDUCE per (model, layer, concept source,
-method), then SIMULATE per labelling scored. Bad input fails here, within seconds, before any record is
+method; EXPLAIN for Linear Explanations), then SIMULATE per labelling scored. Bad input fails here, within seconds, before any record is
 written.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from discover_ray.config import DissectConfig
 from discover_ray.dissection.identity import input_ids, prepare_sources, run_id_of
 from discover_ray.dissection.models import PreparedModel, prepare_model
-from discover_ray.dissection.stages import DecodeStage, RecordStage, ReduceStage, SimulateStage
+from discover_ray.dissection.stages import DecodeStage, RecordStage, ReduceStage, SimulateStage, stage_for
 from discover_ray.errors import ConfigError
 from discover_ray.explain.splits import Splits
 from discover_ray.methods import get_method
@@ -120,7 +120,7 @@ def plan_dissection(config: DissectConfig, store: Store) -> Plan:
                             f"{method.name} reads concept values σ(a·(cos + b)), but concept source {source.name!r} has "
                             "no calibration (a, b); set calibration: {a: ..., b: ...} on it, or fit one with "
                             f"`discover calibrate CONFIG --source {source.name}`")
-                    reduces.append(ReduceStage(store, model, output.name, output, method, params, source, settings,
+                    reduces.append(stage_for(method)(store, model, output.name, output, method, params, source, settings,
                                                tuple(probe.classes or ()), probe.id, context.handle, splits))
     stages += reduces
     simulations = _simulations(config, store, probe, sources, reduces, splits, notes) if splits is not None else []

@@ -24,7 +24,7 @@ Ours is ``linear_explanations`` (its default path) on every neuron; optionally a
 the share of the subset whose concept SETS agree, the mean |Δ val r|, and how often each recovers the
 planted concepts. Prints one JSON document.
 
-    python tests/benchmarks/bench_le.py                          # K=256, M=1 000, N=10 000; baseline on 12
+    python tests/benchmarks/bench_le.py                          # K=256, M=1 000, N=10 000; baseline on 32
     python tests/benchmarks/bench_le.py --full                   # K=2 048, M=8 438, N=50 000; ours only
     python tests/benchmarks/bench_le.py --full --device cuda
 """
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="calls of ours; the best time is reported (all listed)")
-    parser.add_argument("--baseline-neurons", type=int, default=12, help="neurons the baseline's greedy search runs on")
+    parser.add_argument("--baseline-neurons", type=int, default=32, help="neurons the baseline's greedy search runs on")
     parser.add_argument("--saga-max-epochs", type=int, default=MAX_EPOCHS,
                         help="cap on the baseline's SAGA epochs (the reference: 500); recorded in the JSON")
     parser.add_argument("--no-baseline", action="store_true")

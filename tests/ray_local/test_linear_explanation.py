@@ -168,3 +168,21 @@ def test_the_report_shows_explanations_and_every_methods_simulation_side_by_side
     assert "<th>soft_wpmi</th><th>linear_explanation</th>" in table
     assert table.count("<tr>") == 1 + 2 * 3  # header + (labels, families) × (correlation, ablation_optim, ablation_norm)
     assert page.count('class="explanation"') == 64 * 2 and "test r " in page and "·" in page
+
+
+def test_on_ray_explain_and_simulate_write_the_same_bytes_as_in_process(le_run, world_parquet, tmp_path, ray_cluster):
+    config, result, _ = le_run
+    on_ray = load_config(le_config(world_parquet, tmp_path / "ray"))
+    ray_result = dissect(on_ray, console=Console(quiet=True))
+    assert ray_result.run_id == result.run_id
+    stages = {s.stage for s in ray_result.record.stages}
+    assert {"EXPLAIN", "SIMULATE", "REDUCE"} <= stages
+    assert _same_outputs(on_ray.store, config.store)
+    assert ray_result.record.simulation == result.record.simulation
+
+
+def _same_outputs(a: str, b: str) -> bool:
+    """Every label, explanation and score dataset of store a is in b, byte for byte (b holds other runs too)."""
+    left, right = snapshot(a), snapshot(b)
+    wanted = [p for p in left if p.startswith(("labels/", "simulation/"))]
+    return bool(wanted) and all(left[p] == right.get(p) for p in wanted)

@@ -22,7 +22,7 @@ from discover_ray.schema import VERSIONS, read_activations
 from discover_ray.sources import PreparedSource
 from discover_ray.store import Store
 
-__all__ = ["ReduceStage", "run_method_task"]
+__all__ = ["ExplainStage", "ReduceStage", "run_method_task", "stage_for"]
 
 
 def run_method_task(payload: LayerInputs, task: tuple[Method, BaseModel, Any]) -> Any:
@@ -104,3 +104,18 @@ class ReduceStage(TaskStage):
     def counts(self) -> dict[str, Any]:
         return {k: v for k, v in self._marker.items() if k in ("images", "units")} | (
             {"concepts": len(self.source.concepts)} if self.source else {})
+
+
+class ExplainStage(ReduceStage):
+    """EXPLAIN: a method that writes weighted explanations (Linear Explanations) on one layer; the same work as
+    REDUCE (neuron chunks as tasks, on a GPU when the cluster has one), named for what it writes."""
+
+    name = "EXPLAIN"
+
+
+#: the stage that runs a method, by the table it writes (REDUCE for the rest)
+STAGES_BY_TABLE: dict[str, type[ReduceStage]] = {"explanations": ExplainStage}
+
+
+def stage_for(method: Method) -> type[ReduceStage]:
+    return STAGES_BY_TABLE.get(method.writes, ReduceStage)
