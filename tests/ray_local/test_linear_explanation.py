@@ -186,3 +186,15 @@ def _same_outputs(a: str, b: str) -> bool:
     left, right = snapshot(a), snapshot(b)
     wanted = [p for p in left if p.startswith(("labels/", "simulation/"))]
     return bool(wanted) and all(left[p] == right.get(p) for p in wanted)
+
+
+def test_a_simulator_other_than_the_explainer_scores_every_labelling(world_parquet, tmp_path):
+    classes_only = {"kind": "labels", "name": "classes"}
+    raw = le_config(world_parquet, tmp_path, models=[{**RESNET, "layers": ["layer3"]}],
+                    concepts=[le_config(world_parquet, tmp_path)["concepts"][0], classes_only],
+                    reduce={"methods": ["linear_explanation"]}, simulate={"simulator": "labels", "scorings": ["correlation"]})
+    result = dissect(load_config(raw), executor="local", console=Console(quiet=True))
+    assert {(s.source, s.simulator) for s in result.record.simulation} == {("labels", "labels"), ("classes", "labels")}
+    with_families = le_config(world_parquet, tmp_path, simulate={"simulator": "labels"})
+    with pytest.raises(ConfigError, match=r"simulator .labels. lacks 10 concept"):
+        dissect(load_config(with_families), executor="local", console=Console(quiet=True))

@@ -20,6 +20,7 @@ import torch
 from discover_ray.dissection.stages.reduce import ReduceStage
 from discover_ray.evaluate.simulation import ablation_scores, correlation_scores, simulate, summarise
 from discover_ray.explain.splits import Splits
+from discover_ray.methods.base import readonly_tensor
 from discover_ray.pipeline.stage import Output, TaskStage, stage_key
 from discover_ray.record.heads import LinearHead
 from discover_ray.schema import VERSIONS, Explanations, Labels, read_activations, score_table
@@ -45,17 +46,17 @@ class SimulationInputs:
 
 def score_simulation(payload: SimulationInputs, task: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every scoring of one labelling: scoring → (scores [K], dead [K])."""
-    predicted = {s: simulate(torch.from_numpy(payload.values[s]), payload.concepts, payload.weights, payload.bias)
+    predicted = {s: simulate(readonly_tensor(payload.values[s]), payload.concepts, payload.weights, payload.bias)
                  for s in ("val", "test")}
-    acts = {s: torch.from_numpy(payload.activations[s]).double() for s in ("val", "test")}
+    acts = {s: readonly_tensor(payload.activations[s]).double() for s in ("val", "test")}
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for scoring in payload.scorings:
         if scoring == "correlation":
             r, dead = correlation_scores(acts["test"], predicted["test"])
         elif payload.head is not None and payload.labels is not None:
-            splits = [(acts[s], predicted[s], torch.from_numpy(payload.labels[s])) for s in ("val", "test")]
-            r, dead = ablation_scores(splits[0], splits[1], torch.from_numpy(payload.head.weight),
-                                      torch.from_numpy(payload.head.bias), mode=scoring.removeprefix("ablation_"),
+            splits = [(acts[s], predicted[s], readonly_tensor(payload.labels[s])) for s in ("val", "test")]
+            r, dead = ablation_scores(splits[0], splits[1], readonly_tensor(payload.head.weight),
+                                      readonly_tensor(payload.head.bias), mode=scoring.removeprefix("ablation_"),
                                       temperature=payload.temperature)
         else:
             continue
@@ -126,8 +127,8 @@ class SimulateStage(TaskStage):
     def assemble(self, part: int, results: list[Any], payload: SimulationInputs) -> dict[str, pa.Table]:
         scored = results[0]
         tables = [score_table(payload.units, scoring, r, dead) for scoring, (r, dead) in scored.items()]
-        self._marker = {"scorings": {scoring: summarise(torch.from_numpy(np.asarray(r)), torch.from_numpy(np.asarray(d)))
-                                     .as_dict() for scoring, (r, d) in scored.items()},
+        self._marker = {"scorings": {scoring: summarise(torch.tensor(np.asarray(r)), torch.tensor(np.asarray(d))).as_dict()
+                                     for scoring, (r, d) in scored.items()},
                         "test_images": len(payload.activations["test"])}
         return {"scores": pa.concat_tables(tables) if tables else score_table([], "correlation", [])}
 
