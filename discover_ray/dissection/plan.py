@@ -2,8 +2,8 @@
 
 The order is: each concept source's stages (CLIP: EMBED images, EMBED concepts), one DECODE per pixel
 format the models share (the pixel cache), RECORD per model, REDUCE per (model, layer, concept source,
-method; EXPLAIN for Linear Explanations), then SIMULATE per labelling scored. Bad input fails here, within seconds, before any record is
-written.
+method; EXPLAIN for Linear Explanations), then SIMULATE per labelling scored. Bad input fails here, within
+seconds, before any record is written.
 """
 
 from __future__ import annotations

@@ -70,12 +70,12 @@ class ConceptScores:
         if self.calibration is None:
             raise ConfigError(
                 f"concept source {self.source!r} has no calibration (a, b) for concept values σ(a·(cos + b)); set "
-                "calibration: {a: ..., b: ...} on it, or fit one with `discover calibrate CONFIG --source NAME`")
+                f"calibration: {{a: ..., b: ...}} on it, or fit one with `discover calibrate CONFIG --source {self.source}`")
         assert self.image_emb is not None and self.concept_emb is not None
         a, b = self.calibration
         images = self.image_emb if rows is None else self.image_emb[rows]
         texts = self.concept_emb if columns is None else self.concept_emb[columns]
-        cos = torch.from_numpy(np.ascontiguousarray(images, np.float32)) @ torch.from_numpy(
+        cos = readonly_tensor(np.ascontiguousarray(images, np.float32)) @ readonly_tensor(
             np.ascontiguousarray(texts, np.float32)).T
         return torch.sigmoid(a * (cos + b)).numpy()
 

@@ -77,11 +77,12 @@ class LinearExplanation(Method):
         from discover_ray.explain import linear_explanations
 
         assert inputs.scores is not None and inputs.splits is not None
-        split = inputs.splits
-        C = inputs.scores.values()
-        A = readonly_tensor(inputs.activations)[:, task.start : task.stop]
+        train, val = inputs.splits["train"], inputs.splits["val"]
+        rows = np.concatenate([train, val])  # the fit is never handed a test image
+        C = inputs.scores.values(rows)
+        A = readonly_tensor(inputs.activations)[torch.from_numpy(rows), task.start : task.stop]
         found = linear_explanations(
-            A, torch.from_numpy(C), train=torch.from_numpy(split["train"]), val=torch.from_numpy(split["val"]),
+            A, torch.from_numpy(C), train=torch.arange(len(train)), val=torch.arange(len(train), len(rows)),
             max_length=params.max_length, tolerance=params.tolerance, width=params.width, glm_lambda=params.glm_lambda,
             alpha=params.alpha, ranking=params.ranking, fit=params.fit, greedy=params.greedy, seed=inputs.settings.seed)
         return {"concepts": found.concepts.cpu().numpy(), "weights": found.weights.cpu().numpy(),

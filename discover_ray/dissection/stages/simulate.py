@@ -117,7 +117,6 @@ class SimulateStage(TaskStage):
         labels = None
         if self.labels is not None and self.head is not None:
             labels = {s: np.asarray([self.labels[image_ids[i]] for i in positions[s]], np.int64) for s in ("val", "test")}
-        self._units = acts.units
         return SimulationInputs(acts.units, {s: values_all[positions[s]] for s in ("val", "test")}, values, concepts,
                                 weights, bias, labels, self.head, self.scorings, self.temperature)
 
