@@ -82,3 +82,13 @@ def peak_memory(fn: Callable[[], Any], device: str = "cpu") -> dict[str, float]:
     else:
         peak = _status_mib("VmHWM")
     return {"extra_mib": round(peak - before, 1), "peak_mib": round(peak, 1)}
+
+
+def emit(report: dict[str, Any], out: Any = None) -> None:
+    """Print a benchmark's JSON report, and write it to ``out`` (a path) when given."""
+    import json
+
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        out.write_text(text)

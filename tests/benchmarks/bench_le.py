@@ -47,6 +47,8 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.benchmarks._measure import emit  # noqa: E402
+
 QUICK = {"N": 10_000, "M": 1_000, "K": 256}
 FULL = {"N": 50_000, "M": 8_438, "K": 2_048}
 EMBED_DIM = 256
@@ -461,11 +463,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip ours with ranking='saga', fit='adam'")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    report = run(args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(run(args), args.out)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from discover_ray.similarity import METHODS, rank_reorder_permutations, top_concepts  # noqa: E402
-from tests.benchmarks._measure import fix_allocator, peak_memory, time_call  # noqa: E402
+from tests.benchmarks._measure import emit, fix_allocator, peak_memory, time_call  # noqa: E402
 
 SCALES = {"20k": (20_000, 512, 5_000), "imagenet": (50_000, 2_048, 20_000), "small": (4_000, 128, 1_000)}
 EMBED_DIM = 512
@@ -263,11 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-check-float64", dest="check_float64", action="store_false")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    report = run(args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(run(args), args.out)
 
 
 if __name__ == "__main__":
