@@ -33,7 +33,8 @@ from torch import Tensor
 
 __all__ = [
     "BACKGROUNDS", "COLOURS", "FAMILIES", "PATTERNS", "SHAPES", "SIZES", "WorldImages", "caption_variants", "captions",
-    "class_names", "concept_name", "concept_vocabulary", "family_concepts", "generate", "label_concepts",
+    "class_names", "concept_name", "concept_vocabulary", "draw_phrase", "family_concepts", "generate", "label_concepts",
+    "parse_phrase",
     "truth_matrix", "write_parquet", "write_world", "zero_shot_accuracy",
 ]
 
@@ -84,6 +85,55 @@ def generate(n: int, seed: int = 0, size: int = 32) -> WorldImages:
     patterns = rng.integers(0, len(PATTERNS), n)
     sizes = rng.integers(0, len(SIZES), n)
     backgrounds = rng.integers(0, len(BACKGROUNDS), n)
+    return _render(labels, patterns, sizes, backgrounds, rng, size)
+
+
+#: words of the world's grammar that name no concept
+_FUNCTION_WORDS = frozenset({"a", "an", "the", "on", "in", "with", "of", "and", "background", "shape", "image", "photo"})
+
+
+def parse_phrase(phrase: str) -> dict[str, str] | None:
+    """The family values a phrase of the world's grammar names ("a small red circle on a dark background" →
+    size, colour, shape, background), or None when a word is outside the grammar or two values of one family
+    contradict each other."""
+    values: dict[str, str] = {}
+    lookup = {value: family for family, vs in FAMILIES.items() for value in vs}
+    words = phrase.lower().replace(",", " ").split()
+    if not words:
+        return None
+    for word in words:
+        if word in _FUNCTION_WORDS:
+            continue
+        stem = word[:-1] if word.endswith("s") and word[:-1] in SHAPES else word
+        family = lookup.get(stem)
+        if family is None or values.get(family, stem) != stem:
+            return None
+        values[family] = stem
+    return values or None
+
+
+def draw_phrase(phrase: str, n: int, seed: int = 0, size: int = 32) -> WorldImages | None:
+    """``n`` images that certainly show what ``phrase`` names (the families it fixes), every other family drawn
+    from ``seed``; None for a phrase outside the world's grammar (a generator backend records it as such)."""
+    values = parse_phrase(phrase)
+    if values is None:
+        return None
+    rng = np.random.default_rng(seed)
+
+    def family(name: str, options: tuple[str, ...]) -> np.ndarray:
+        drawn = rng.integers(0, len(options), n)
+        return np.full(n, options.index(values[name])) if name in values else drawn
+
+    colours, shapes = family("colour", tuple(COLOURS)), family("shape", SHAPES)
+    patterns, sizes = family("pattern", PATTERNS), family("size", SIZES)
+    backgrounds = family("background", BACKGROUNDS)
+    return _render(colours * len(SHAPES) + shapes, patterns, sizes, backgrounds, rng, size)
+
+
+def _render(labels: np.ndarray, patterns: np.ndarray, sizes: np.ndarray, backgrounds: np.ndarray,
+            rng: np.random.Generator, size: int) -> WorldImages:
+    """Draws each image from its family values, positions and noise from ``rng``."""
+    n = len(labels)
     pixels = np.empty((n, size, size, 3), dtype=np.uint8)
     colour_values = list(COLOURS.values())
     for i, label in enumerate(labels):
@@ -106,9 +156,11 @@ def generate(n: int, seed: int = 0, size: int = 32) -> WorldImages:
             image.paste(tuple(int(v) for v in fill * 0.45), mask=both)
         pixels[i] = np.asarray(image)
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255)
-    labels_t = torch.from_numpy(labels)
-    return WorldImages(images, labels_t, labels_t // len(SHAPES), labels_t % len(SHAPES), torch.from_numpy(patterns),
-                       torch.from_numpy(sizes), torch.from_numpy(backgrounds))
+    labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    return WorldImages(images, labels_t, labels_t // len(SHAPES), labels_t % len(SHAPES),
+                       torch.from_numpy(np.asarray(patterns, dtype=np.int64)),
+                       torch.from_numpy(np.asarray(sizes, dtype=np.int64)),
+                       torch.from_numpy(np.asarray(backgrounds, dtype=np.int64)))
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radius: float) -> None:

@@ -83,3 +83,17 @@ def test_discover_world_writes_the_splits_once(tmp_path):
     before = (out / "train.parquet").stat().st_mtime_ns
     world.write_world(out, train=18, val=9, probe=9)
     assert (out / "train.parquet").stat().st_mtime_ns == before  # kept, not rewritten
+
+
+def test_phrases_of_the_grammar_are_drawn_and_others_are_refused():
+    drawn = world.draw_phrase("a small red striped circle on a dark background", 12, seed=4)
+    assert drawn is not None and len(drawn) == 12
+    assert set(drawn.labels.tolist()) == {world.class_names().index("red circle")}
+    assert set(drawn.sizes.tolist()) == {0} and set(drawn.patterns.tolist()) == {1} and set(drawn.backgrounds.tolist()) == {0}
+    loose = world.draw_phrase("triangles", 30, seed=4)
+    assert set(loose.shapes.tolist()) == {2} and len(set(loose.colours.tolist())) > 1  # the rest varies
+    assert world.draw_phrase("a purple circle", 3) is None and world.draw_phrase("red blue square", 3) is None
+    assert world.draw_phrase("", 3) is None
+    again = world.draw_phrase("triangles", 30, seed=4)
+    assert torch.equal(again.images, loose.images)  # seeded
+    assert world.parse_phrase("green square") == {"colour": "green", "shape": "square"}
