@@ -268,14 +268,15 @@ def labels(
     Explanations each unit's weighted explanation, its validation and (when scored) test correlation."""
 
     def show() -> int:
-        from discover_ray import read_labels
-        from discover_ray.runs.read import read_simulation
+        from discover_ray import load_run, read_labels, read_simulation
         from discover_ray.schema import Explanations
 
+        record = None
         for entry, table in read_labels(store, run, layer, method=method, model=model):
             ranked = table.ranked()
             shown = list(ranked) if units == 0 else list(ranked)[:units]
-            test_r = read_simulation(store, run, entry, "correlation")
+            record = record or load_run(store, run)
+            test_r = read_simulation(store, record, entry, "correlation")
             view = Table(title=f"{entry.model} / {layer}: {entry.method} over {entry.source}")
             if isinstance(table, Explanations):
                 for name, justify in (("unit", "right"), ("explanation", "left"), ("test r", "right")):

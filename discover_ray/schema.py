@@ -188,8 +188,28 @@ def label_table(values: np.ndarray, index: np.ndarray, concepts: Sequence[str], 
     })
 
 
+class _UnitTable:
+    """What every label table read back offers: its units (in table order) and its rows."""
+
+    table: pa.Table
+
+    def ranked(self) -> dict[str, list[tuple[str, float]]]:
+        raise NotImplementedError
+
+    @property
+    def units(self) -> list[str]:
+        return list(self.ranked())
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def to_pylist(self) -> list[dict[str, Any]]:
+        return self.table.to_pylist()
+
+
 @dataclass
-class Labels:
+class Labels(_UnitTable):
     """A label table read back: each unit's ranked concepts."""
 
     table: pa.Table
@@ -210,16 +230,6 @@ class Labels:
         """unit → its best concept and score."""
         return {u: r[0] for u, r in self.ranked().items() if r}
 
-    @property
-    def units(self) -> list[str]:
-        return list(self.ranked())
-
-    @property
-    def num_rows(self) -> int:
-        return self.table.num_rows
-
-    def to_pylist(self) -> list[dict[str, Any]]:
-        return self.table.to_pylist()
 
 
 # -- embeddings ---------------------------------------------------------------------------------------------
@@ -289,7 +299,7 @@ def explanation_table(
 
 
 @dataclass
-class Explanations:
+class Explanations(_UnitTable):
     """Weighted explanations read back: unit → ([(concept, weight), ...], bias, val_correlation, dead)."""
 
     table: pa.Table
@@ -321,16 +331,6 @@ class Explanations:
         text = format_linear(terms, bias) if terms else f"{bias:.3g} (no concept explains it)"
         return text + (f"  (val r {r:.2f})" if correlation and terms else "")
 
-    @property
-    def units(self) -> list[str]:
-        return list(self.by_unit())
-
-    @property
-    def num_rows(self) -> int:
-        return self.table.num_rows
-
-    def to_pylist(self) -> list[dict[str, Any]]:
-        return self.table.to_pylist()
 
 
 def format_linear(terms: Sequence[tuple[str, float]], bias: float) -> str:

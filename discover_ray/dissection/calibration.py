@@ -23,6 +23,7 @@ from discover_ray.explain.calibrate import Calibration, calibrate, calibration_t
 from discover_ray.pipeline import Executor, ProbeContext, Runner
 from discover_ray.schema import read_embeddings
 from discover_ray.sources.clip import ClipSource
+from discover_ray.sources.labels import LabelConcepts
 from discover_ray.store import Store
 
 __all__ = ["SourceCalibration", "calibrate_source"]
@@ -68,7 +69,7 @@ def calibrate_source(config: DissectConfig, source: str | None = None, *, method
     labels = [row[i] for i in ids]
     superclasses: dict[str, list[int]] = {}
     for c in config.concepts:
-        if c.kind == "labels" and getattr(c, "superclasses", None):
+        if isinstance(c, LabelConcepts) and c.superclasses:
             index = {name: i for i, name in enumerate(probe.classes)}
             for name, members in resolve_superclasses(c.superclasses).items():
                 superclasses[name] = [index[m] for m in members if m in index]

@@ -159,7 +159,7 @@ def _layers(store: Store, run: RunRecord, method: str | None, eps: float) -> lis
                       position_activity(recorded))
         item.simulation = _simulation_table(run, model, layer)
         for e, _ in labellings:
-            scores = read_simulation(store, run.run_id, e, "correlation")
+            scores = read_simulation(store, run, e, "correlation")
             if scores is not None:
                 item.test_r[id(e)] = scores
         out.append(item)

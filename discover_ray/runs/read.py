@@ -73,12 +73,13 @@ def read_labels(
     return [(e, READERS[e.table](store.committed(e.dataset).read())) for e in chosen]
 
 
-def read_simulation(store: Store | str, run_id: str, entry: LabelEntry, scoring: str = "correlation",
+def read_simulation(store: Store | str, run: str | RunRecord, entry: LabelEntry, scoring: str = "correlation",
                     simulator: str | None = None) -> dict[str, float | None] | None:
-    """unit → its simulation score of ``entry``'s labels (None: dead), or None when the run did not score them."""
+    """unit → its simulation score of ``entry``'s labels (None: dead), or None when the run did not score them;
+    ``run`` is a run id or its record (read once by a caller that reads many entries)."""
     store = Store.of(store)
-    run = load_run(store, run_id)
-    for s in run.simulation:
+    record = load_run(store, run) if isinstance(run, str) else run
+    for s in record.simulation:
         if (s.model, s.layer, s.method, s.source, s.scoring) == (entry.model, entry.layer, entry.method, entry.source,
                                                                   scoring) and simulator in (None, s.simulator):
             return Scores(store.committed(s.dataset).read()).by_unit(scoring)
