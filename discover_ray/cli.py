@@ -265,11 +265,13 @@ def labels(
     units: Annotated[int, typer.Option(help="Units to show per table (0: all).")] = 20,
 ) -> None:
     """Print a layer's concept labels: each unit's best concept, its score and the runners-up; for Linear
-    Explanations each unit's weighted explanation, its validation and (when scored) test correlation."""
+    Explanations each unit's weighted explanation, its validation and (when scored) test correlation; for
+    Describe-and-Dissect each unit's top 3 labels and the units it could not describe; with each label's
+    verification AUC when the run verified it."""
 
     def show() -> int:
-        from discover_ray import load_run, read_labels, read_simulation
-        from discover_ray.schema import Explanations
+        from discover_ray import load_run, read_labels, read_simulation, read_verification
+        from discover_ray.schema import Descriptions, Explanations
 
         record = None
         for entry, table in read_labels(store, run, layer, method=method, model=model):
@@ -277,22 +279,39 @@ def labels(
             shown = list(ranked) if units == 0 else list(ranked)[:units]
             record = record or load_run(store, run)
             test_r = read_simulation(store, record, entry, "correlation")
-            view = Table(title=f"{entry.model} / {layer}: {entry.method} over {entry.source}")
+            auc = read_verification(store, record, entry, "auc")
+
+            def verified(unit: str, auc: dict[str, float | None] | None = auc) -> list[str]:
+                if auc is None:
+                    return []
+                value = auc.get(unit)
+                return ["" if value is None else f"{value:.2f}"]
+
+            view = Table(title=f"{entry.model} / {layer}: {entry.method}" + (f" over {entry.source}" if entry.source else ""))
             if isinstance(table, Explanations):
-                for name, justify in (("unit", "right"), ("explanation", "left"), ("test r", "right")):
-                    view.add_column(name, justify=justify)  # type: ignore[arg-type]
-                for unit in shown:
-                    r = test_r.get(unit) if test_r else None
-                    view.add_row(unit, table.describe(unit), "" if r is None else f"{r:.2f}")
+                columns = [("unit", "right"), ("explanation", "left"), ("test r", "right")]
+            elif isinstance(table, Descriptions):
+                columns = [("unit", "right"), ("label 1", "left"), ("score", "right"), ("labels 2–3", "left")]
             else:
-                for name, justify in (("unit", "right"), ("concept", "left"), ("score", "right"), ("runners-up", "left")):
-                    view.add_column(name, justify=justify)  # type: ignore[arg-type]
-                for unit in shown:
-                    concepts = ranked[unit]
-                    view.add_row(unit, concepts[0][0], f"{concepts[0][1]:.4f}", ", ".join(c for c, _ in concepts[1:]))
+                columns = [("unit", "right"), ("concept", "left"), ("score", "right"), ("runners-up", "left")]
+            for name, justify in columns + ([("AUC", "right")] if auc is not None else []):
+                view.add_column(name, justify=justify)  # type: ignore[arg-type]
+            for unit in shown:
+                concepts = ranked[unit]
+                if isinstance(table, Explanations):
+                    r = test_r.get(unit) if test_r else None
+                    row = [unit, table.describe(unit), "" if r is None else f"{r:.2f}"]
+                elif isinstance(table, Descriptions):
+                    row = [unit, concepts[0][0], f"{concepts[0][1]:.2f}", "; ".join(c for c, _ in concepts[1:3])]
+                else:
+                    row = [unit, concepts[0][0], f"{concepts[0][1]:.4f}", ", ".join(c for c, _ in concepts[1:])]
+                view.add_row(*row, *verified(unit))
             console.print(view)
             if len(shown) < len(ranked):
                 console.print(f"({len(ranked) - len(shown)} more units; --units 0 shows all)")
+            if isinstance(table, Descriptions):
+                for unit, (status, reason) in table.failures().items():
+                    console.print(f"{unit}: {status}: {reason}", highlight=False)
         return 0
 
     raise typer.Exit(_user_errors(show))

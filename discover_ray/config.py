@@ -15,6 +15,8 @@ import fsspec
 import pyarrow.parquet as pq
 from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from discover_ray.backends.base import BackendConfig, parse_backend
+from discover_ray.backends.settings import BackendsConfig
 from discover_ray.config_files import Strict, absolute, expand_env, validate
 from discover_ray.errors import ConfigError, ProbeError
 from discover_ray.explain.splits import Splits, column_splits, seeded_splits
@@ -26,7 +28,7 @@ from discover_ray.store import DEFAULT_ROOT
 
 __all__ = [
     "SCORINGS", "ConfigError", "DissectConfig", "ModelConfig", "ProbeConfig", "RayConfig", "RecordConfig",
-    "ReduceConfig", "SimulateConfig", "SplitConfig", "expand_env", "load_config",
+    "ReduceConfig", "SimulateConfig", "SplitConfig", "VerifyConfig", "expand_env", "load_config",
 ]
 
 
@@ -212,6 +214,27 @@ class SimulateConfig(Strict):
     temperature: float = Field(1.1, gt=0, description="softmax temperature of the ablation loss")
 
 
+class VerifyConfig(Strict):
+    """Verification of labels on generated images (CoSy): AUC and MAD of each unit's label against probe images."""
+
+    generator: SerializeAsAny[BackendConfig] | None = Field(
+        None, description="a generator backend section (default: backends.generator)")
+    methods: list[str] | None = Field(None, description="whose labels to verify (default: every method of the run)")
+    images: int = Field(10, ge=1, description="generated images per label")
+    control: int = Field(200, ge=2, description="probe images in the control set")
+    seed: int = 0
+
+    @field_validator("generator", mode="before")
+    @classmethod
+    def _generator(cls, value: Any) -> Any:
+        if value is None or isinstance(value, BackendConfig):
+            return value
+        try:
+            return parse_backend("generator", value)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+
+
 class RayConfig(Strict):
     """Where and how wide to run. Not part of the run id: the same dissection on another cluster is the same run."""
 
@@ -238,6 +261,8 @@ class DissectConfig(Strict):
     record: RecordConfig = RecordConfig()
     reduce: ReduceConfig = ReduceConfig()
     simulate: SimulateConfig | None = None
+    backends: BackendsConfig | None = None
+    verify: VerifyConfig | None = None
     ray: RayConfig = RayConfig()
     seed: int = 0
 
@@ -275,6 +300,20 @@ class DissectConfig(Strict):
             unknown = sorted(set(self.simulate.methods or ()) - set(self.reduce.methods))
             if unknown:
                 raise ValueError(f"simulate.methods {unknown} are not in reduce.methods ({', '.join(self.reduce.methods)})")
+        if self.verify is not None:
+            unknown = sorted(set(self.verify.methods or ()) - set(self.reduce.methods))
+            if unknown:
+                raise ValueError(f"verify.methods {unknown} are not in reduce.methods ({', '.join(self.reduce.methods)})")
+            if self.verify.generator is None and (self.backends is None or self.backends.generator is None):
+                raise ValueError("verify needs a generator: set verify.generator or backends.generator "
+                                 "(e.g. {kind: world} or {kind: diffusers})")
+        for method in self.reduce.methods:
+            if "backends" in get_method(method).needs:
+                for role in ("captioner", "summarizer", "generator"):
+                    if self.backends is None or getattr(self.backends, role) is None:
+                        raise ValueError(f"method {method} needs backends.{role}; e.g. backends: {{captioner: {{kind: "
+                                         "blip}, summarizer: {kind: openai, model: ..., base_url: ...}, generator: "
+                                         "{kind: diffusers}}")
         return self
 
     @property
@@ -299,6 +338,9 @@ class DissectConfig(Strict):
             "record": self.record.model_dump(mode="json", exclude={"pixel_cache"}),
             "reduce": self.reduce.model_dump(mode="json", exclude={"concept_shard"}),
             **({"simulate": self.simulate.model_dump(mode="json")} if self.simulate is not None else {}),
+            **({"backends": self.backends.model_dump(mode="json", exclude={"replay", "calls"})}
+               if self.backends is not None else {}),
+            **({"verify": self.verify.model_dump(mode="json")} if self.verify is not None else {}),
             "seed": self.seed,
         }
 

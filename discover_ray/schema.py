@@ -63,7 +63,7 @@ VERSIONS: dict[str, int] = {
     "concept_embeddings": 1,
     "pixels": 1,
     "explanations": 1,
-    "descriptions": 1,
+    "descriptions": 2,
     "scores": 2,
 }
 
@@ -343,27 +343,83 @@ def format_linear(terms: Sequence[tuple[str, float]], bias: float) -> str:
     return " ".join(parts)
 
 
-def description_table(units: Sequence[str], candidates: Sequence[Sequence[tuple[str, float]]], chosen: Sequence[int]) -> pa.Table:
-    """One row per (unit, candidate description), with its score and whether it was chosen."""
-    unit, rank, text, score, best = [], [], [], [], []
-    for u, name in enumerate(units):
-        for r, (description, value) in enumerate(candidates[u]):
-            unit.append(name)
-            rank.append(r)
-            text.append(description)
-            score.append(value)
-            best.append(r == chosen[u])
-    return pa.table({"unit": pa.array(unit, pa.string()), "candidate": pa.array(rank, pa.int16()),
-                     "description": pa.array(text, pa.string()), "score": pa.array(score, pa.float32()),
-                     "chosen": pa.array(best, pa.bool_())})
+_CAPTIONED = pa.struct([("image_id", pa.string()), ("box", pa.list_(pa.int32())), ("activation", pa.float32()),
+                        ("caption", pa.string())])
+
+
+def description_table(units: Sequence[str], described: Sequence[Any], block_size: int = 1) -> pa.Table:
+    """Free-text descriptions (Describe-and-Dissect): one row per (unit, candidate concept), best first (``rank``
+    0, 1, …), with its TopK-Squared score and ordinal, Image-Products, final score and generated images (cache
+    entries); the unit's captioned images and summaries repeat on its rows. A unit without candidates (dead, or
+    failed: ``status`` and ``error`` say why) has one row of rank −1. ``described[i]`` is a
+    ``describe.dnd.UnitDescription`` of unit ``units[i]``."""
+    cols: dict[str, list[Any]] = {k: [] for k in ("unit", "position", "rank", "concept", "score", "topk_score", "ordinal",
+                                                  "image_products", "drawn", "images", "status", "error", "captioned",
+                                                  "summaries")}
+    for position, (name, d) in enumerate(zip(units, described, strict=True)):
+        captioned = [{"image_id": c.image_id, "box": list(c.box) if c.box else None, "activation": c.activation,
+                      "caption": c.caption} for c in d.captioned]
+        rows = list(enumerate(d.candidates)) if d.status == "ok" and d.candidates else [(-1, None)]
+        for rank, c in rows:
+            cols["unit"].append(name)
+            cols["position"].append(position)
+            cols["rank"].append(rank)
+            cols["concept"].append(c.concept if c else "")
+            cols["score"].append(c.score if c else float("nan"))
+            cols["topk_score"].append(c.topk_score if c else float("nan"))
+            cols["ordinal"].append(c.ordinal if c else 0)
+            cols["image_products"].append(c.image_products if c else float("nan"))
+            cols["drawn"].append(c.drawn if c else False)
+            cols["images"].append(c.images if c else [])
+            cols["status"].append(d.status)
+            cols["error"].append(d.error)
+            cols["captioned"].append(captioned)
+            cols["summaries"].append(d.summaries)
+    block, in_block = _blocks(np.asarray(cols.pop("position"), dtype=np.int64), block_size)
+    return pa.table({
+        "unit": pa.array(cols["unit"], pa.string()), "block": block, "index_in_block": in_block,
+        "rank": pa.array(cols["rank"], pa.int16()), "concept": pa.array(cols["concept"], pa.string()),
+        "score": pa.array(cols["score"], pa.float32()), "topk_score": pa.array(cols["topk_score"], pa.float32()),
+        "ordinal": pa.array(cols["ordinal"], pa.int32()),
+        "image_products": pa.array(cols["image_products"], pa.float32()),
+        "drawn": pa.array(cols["drawn"], pa.bool_()), "images": pa.array(cols["images"], pa.list_(pa.string())),
+        "status": pa.array(cols["status"], pa.string()), "error": pa.array(cols["error"], pa.string()),
+        "captioned": pa.array(cols["captioned"], pa.list_(_CAPTIONED)),
+        "summaries": pa.array(cols["summaries"], pa.list_(pa.string())),
+    })
 
 
 @dataclass
-class Descriptions:
+class Descriptions(_UnitTable):
+    """A description table read back: each described unit's candidate concepts, best first, and what led to them."""
+
     table: pa.Table
+    _rows: dict[str, list[dict[str, Any]]] | None = field(default=None, repr=False)
+
+    def rows(self) -> dict[str, list[dict[str, Any]]]:
+        """unit → its rows, best candidate first (a unit without candidates: one row of rank −1)."""
+        if self._rows is None:
+            rows: dict[str, list[dict[str, Any]]] = {}
+            for row in self.table.to_pylist():
+                rows.setdefault(row["unit"], []).append(row)
+            self._rows = {u: sorted(r, key=lambda x: x["rank"]) for u, r in rows.items()}
+        return self._rows
+
+    def ranked(self) -> dict[str, list[tuple[str, float]]]:
+        """unit → [(concept, final score), ...], best first, for the units described (not failed, not dead)."""
+        return {u: [(r["concept"], r["score"]) for r in rows] for u, rows in self.rows().items()
+                if rows[0]["status"] == "ok" and rows[0]["rank"] >= 0}
+
+    def top(self) -> dict[str, tuple[str, float]]:
+        return {u: r[0] for u, r in self.ranked().items() if r}
+
+    def failures(self) -> dict[str, tuple[str, str]]:
+        """unit → (status, reason) for the units not described (failed or dead)."""
+        return {u: (rows[0]["status"], rows[0]["error"] or "") for u, rows in self.rows().items()
+                if rows[0]["status"] != "ok" or rows[0]["rank"] < 0}
 
     def chosen(self) -> dict[str, tuple[str, float]]:
-        return {r["unit"]: (r["description"], r["score"]) for r in self.table.to_pylist() if r["chosen"]}
+        return self.top()
 
 
 def score_table(units: Sequence[str], metric: str, values: Sequence[float], dead: Sequence[bool] | None = None) -> pa.Table:

@@ -32,7 +32,8 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 __all__ = [
-    "BACKGROUNDS", "COLOURS", "FAMILIES", "PATTERNS", "SHAPES", "SIZES", "WorldImages", "caption_variants", "captions",
+    "BACKGROUNDS", "COLOURS", "FAMILIES", "PATTERNS", "SHAPES", "SIZES", "WorldImages", "caption_bank", "caption_variants",
+    "captions",
     "class_names", "concept_name", "concept_vocabulary", "draw_phrase", "family_concepts", "generate", "label_concepts",
     "parse_phrase",
     "truth_matrix", "write_parquet", "write_world", "zero_shot_accuracy",
@@ -274,15 +275,24 @@ def write_parquet(path: str | Path, data: WorldImages) -> Path:
 
 
 def write_world(folder: str | Path, seed: int = 0, train: int = 6000, val: int = 900, probe: int = 900) -> Path:
-    """``train`` / ``val`` / ``probe`` Parquet splits of the world (seeds ``seed·10 + 0/1/2``) and its concept
-    set ``concepts.txt``; a split already written is kept, so the call is cheap and idempotent."""
+    """``train`` / ``val`` / ``probe`` Parquet splits of the world (seeds ``seed·10 + 0/1/2``), its concept set
+    ``concepts.txt`` and its caption bank ``captions.txt``; a split already written is kept, so the call is cheap
+    and idempotent."""
     folder = Path(folder)
     for split, n, offset in (("train", train, 0), ("val", val, 1), ("probe", probe, 2)):
         path = folder / f"{split}.parquet"
         if not path.exists():
             write_parquet(folder / f".{split}.parquet.tmp", generate(n, seed=seed * 10 + offset)).rename(path)
     (folder / "concepts.txt").write_text("\n".join(concept_vocabulary()) + "\n")
+    (folder / "captions.txt").write_text("\n".join(caption_bank()) + "\n")
     return folder
+
+
+def caption_bank() -> tuple[str, ...]:
+    """Every full caption the world's grammar makes (2·3·3·3·2 = 108): the bank a retrieval captioner picks from."""
+    return tuple(f"a {size} {colour} {pattern} {shape} on a {background} background"
+                 for size in SIZES for colour in COLOURS for pattern in PATTERNS for shape in SHAPES
+                 for background in BACKGROUNDS)
 
 
 def zero_shot_accuracy(encoder, data: WorldImages, batch_size: int = 256) -> dict[str, float]:

@@ -19,7 +19,16 @@ from discover_ray.config import DissectConfig
 from discover_ray.dissection.identity import RunIdentity, run_identity, submission_id
 from discover_ray.dissection.plan import Plan, plan_dissection
 from discover_ray.pipeline import Event, Executor, LocalExecutor, Runner
-from discover_ray.runs import Attempt, FailedImage, Identification, LabelEntry, RunRecord, SimulationEntry, StageEvent
+from discover_ray.runs import (
+    Attempt,
+    FailedImage,
+    Identification,
+    LabelEntry,
+    RunRecord,
+    SimulationEntry,
+    StageEvent,
+    VerificationEntry,
+)
 from discover_ray.store import Store
 
 __all__ = ["DissectResult", "Plan", "RunIdentity", "dissect", "make_executor", "plan_dissection", "run_identity",
@@ -108,6 +117,16 @@ def _results(plan: Plan, record: RunRecord, executor: Executor) -> RunRecord:
                 model=sim.labelling.model.label, layer=sim.labelling.layer, method=sim.labelling.method.name,
                 source=sim.labelling.source.name if sim.labelling.source else "", simulator=sim.simulator.name,
                 scoring=scoring, dataset=sim.dataset.relative, **summary))
+    verification = []
+    for stage in plan.verifications:
+        marker = stage.dataset.marker() or {}
+        labelling = stage.labelling
+        verification.append(VerificationEntry(
+            model=labelling.model.label, layer=labelling.layer, method=labelling.method.name,
+            source=labelling.source.name if labelling.source else "", generator=stage.backends.generator.kind,
+            auc_mean=marker.get("auc_mean"), mad_mean=marker.get("mad_mean"),
+            auc_shuffled_mean=marker.get("auc_shuffled_mean"), units=marker.get("units", 0),
+            scored=marker.get("scored", 0), undrawable=marker.get("undrawable", []), dataset=stage.dataset.relative))
     failed: dict[str, str] = {}
     for stage in plan.stages:
         if stage.name in ("RECORD", "EMBED", "DECODE"):
@@ -115,7 +134,8 @@ def _results(plan: Plan, record: RunRecord, executor: Executor) -> RunRecord:
                 for image_id, reason, _ in (output.dataset.marker() or {}).get("failed", []):
                     failed.setdefault(image_id, reason)
     return record.model_copy(update={
-        "identification": identification, "simulation": simulation, "executor": executor.describe(),
+        "identification": identification, "simulation": simulation, "verification": verification,
+        "executor": executor.describe(),
         "failed_images": [FailedImage(image_id=i, reason=r) for i, r in sorted(failed.items())],
     })
 
@@ -150,7 +170,7 @@ class _Printer:
         if event.status == "skipped":
             self.skipped += 1
             return
-        if event.stage in ("REDUCE", "EXPLAIN", "SIMULATE"):  # one line for the methods of a layer and concept source
+        if event.stage in ("REDUCE", "EXPLAIN", "DESCRIBE", "SIMULATE", "VERIFY"):  # one line for the methods of a layer and concept source
             where, _, method = event.title.rpartition(": ")
             where = f"{event.stage} {where}"
             if self.methods is not None and self.methods[0] != where:
@@ -186,3 +206,12 @@ class _Printer:
         for (model, layer, source, simulator, scoring), scores in rows.items():
             by = source if source == simulator else f"{source}, simulated by {simulator}"
             self.console.print(f"simulation {scoring} {model}/{layer} ({by}): {', '.join(scores)}", highlight=False)
+        for v in record.verification:
+            where = f"{v.model}/{v.layer} ({v.method}" + (f", {v.source})" if v.source else ")")
+            if v.auc_mean is None:
+                self.console.print(f"verification {where} by {v.generator}: no unit scored", highlight=False)
+                continue
+            self.console.print(
+                f"verification {where} by {v.generator}: AUC {v.auc_mean:.3f} (shuffled labels "
+                f"{v.auc_shuffled_mean if v.auc_shuffled_mean is None else format(v.auc_shuffled_mean, '.3f')}), "
+                f"MAD {v.mad_mean:.2f} over {v.scored} of {v.units} units", highlight=False)

@@ -2,7 +2,8 @@
 
 The order is: each concept source's stages (CLIP: EMBED images, EMBED concepts), one DECODE per pixel
 format the models share (the pixel cache), RECORD per model, REDUCE per (model, layer, concept source,
-method; EXPLAIN for Linear Explanations), then SIMULATE per labelling scored. Bad input fails here, within
+method; EXPLAIN for Linear Explanations, DESCRIBE for Describe-and-Dissect), then SIMULATE per labelling scored and
+VERIFY per labelling verified. Bad input fails here, within
 seconds, before any record is written.
 """
 
@@ -11,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from discover_ray.backends.settings import BackendSet
 from discover_ray.config import DissectConfig
 from discover_ray.dissection.identity import input_ids, prepare_sources, run_id_of
 from discover_ray.dissection.models import PreparedModel, prepare_model
-from discover_ray.dissection.stages import DecodeStage, RecordStage, ReduceStage, SimulateStage, stage_for
+from discover_ray.dissection.stages import DecodeStage, RecordStage, ReduceStage, SimulateStage, VerifyStage, stage_for
+from discover_ray.dissection.stages.describe import target_ref
 from discover_ray.errors import ConfigError
 from discover_ray.explain.splits import Splits
 from discover_ray.methods import get_method
@@ -44,6 +47,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     simulations: list[SimulateStage] = field(default_factory=list)
     splits: Splits | None = None
+    verifications: list[VerifyStage] = field(default_factory=list)
 
     @property
     def probe_context(self) -> ProbeContext:
@@ -120,13 +124,30 @@ def plan_dissection(config: DissectConfig, store: Store) -> Plan:
                             f"{method.name} reads concept values σ(a·(cos + b)), but concept source {source.name!r} has "
                             "no calibration (a, b); set calibration: {a: ..., b: ...} on it, or fit one with "
                             f"`discover calibrate CONFIG --source {source.name}`")
-                    reduces.append(stage_for(method)(store, model, output.name, output, method, params, source, settings,
-                                               tuple(probe.classes or ()), probe.id, context.handle, splits))
+                    cls = stage_for(method)
+                    reduces.append(cls(store, model, output.name, output, method, params, source, settings,
+                                       tuple(probe.classes or ()), probe.id, context.handle, splits,
+                                       **cls.plan_kwargs(config, sources, model, output.name, params)))
     stages += reduces
     simulations = _simulations(config, store, probe, sources, reduces, splits, notes) if splits is not None else []
     stages += simulations
+    verifications = _verifications(config, store, probe.id, reduces)
+    stages += verifications
     return Plan(config, store, probe, context.handle, sources, models, stages, records, reduces,
-                run_id_of(config, inputs), inputs, notes, simulations, splits)
+                run_id_of(config, inputs), inputs, notes, simulations, splits, verifications)
+
+
+def _verifications(config: DissectConfig, store: Store, probe_id: str, reduces: list[ReduceStage]) -> list[VerifyStage]:
+    """A VERIFY stage per labelling whose method ``verify.methods`` names (default: every labelling)."""
+    verify = config.verify
+    if verify is None:
+        return []
+    generator = verify.generator or (config.backends.generator if config.backends else None)
+    assert generator is not None  # the config checks it
+    backends = BackendSet(None, None, generator, store.root, config.backends.replay if config.backends else False)
+    return [VerifyStage(store, stage, backends, target_ref(config, stage.model, stage.layer), verify.images,
+                        verify.control, verify.seed, probe_id)
+            for stage in reduces if verify.methods is None or stage.method.name in verify.methods]
 
 
 def _simulations(config: DissectConfig, store: Store, probe: ProbeSet, sources: list[PreparedSource],

@@ -29,8 +29,9 @@ __all__ = ["NEEDS", "ConceptScores", "LayerInputs", "Method", "MethodOutput", "R
 #: - top_images: each unit's most activating probe images (derived from the activations);
 #: - image_bytes: the probe images themselves (opened where the task runs);
 #: - splits: a seeded train / validation split of the probe images;
-#: - backends: model backends (captioner, summariser, generator) of the run's config.
-NEEDS = frozenset({"activations", "concept_scores", "top_images", "image_bytes", "splits", "backends"})
+#: - backends: model backends (captioner, summariser, generator) of the run's config;
+#: - model: the target model itself, to show it new images (crops, generated images).
+NEEDS = frozenset({"activations", "concept_scores", "top_images", "image_bytes", "splits", "backends", "model"})
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ class LayerInputs:
     truth: list[int] | None = None  # each unit's true concept index (a classifier's output layer), when known
     probe: Any = None  # pipeline.chunks.ProbeHandle, for methods that need image bytes
     splits: dict[str, np.ndarray] | None = None  # row positions of the train / val / test images (methods that need splits)
+    target: Any = None  # describe.target.TargetRef: the model at this layer (methods that need the model)
+    backends: Any = None  # backends.settings.BackendSet (methods that need backends)
+    scorer: Any = None  # encoders.clip.ClipSpec of the run's CLIP source that scores images (methods that need backends)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

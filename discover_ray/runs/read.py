@@ -5,13 +5,15 @@ from __future__ import annotations
 from discover_ray.errors import RunNotFound, UnknownName
 from discover_ray.runs.attempts import ATTEMPT_FILE, RUN_FILE, attempt_folder
 from discover_ray.runs.record import LabelEntry, RunRecord, StageEvent
-from discover_ray.schema import Explanations, Labels, Scores
+from discover_ray.schema import Descriptions, Explanations, Labels, Scores
 from discover_ray.store import Store, safe_segment
 
-__all__ = ["READERS", "list_runs", "load_attempts", "load_run", "read_labels", "read_simulation", "referenced_datasets"]
+__all__ = ["READERS", "list_runs", "load_attempts", "load_run", "read_labels", "read_simulation", "read_verification",
+           "referenced_datasets"]
 
 #: how each kind of label table a method writes is read back
-READERS: dict[str, type[Labels] | type[Explanations]] = {"labels": Labels, "explanations": Explanations}
+READERS: dict[str, type[Labels] | type[Explanations] | type[Descriptions]] = {
+    "labels": Labels, "explanations": Explanations, "descriptions": Descriptions}
 
 
 def list_runs(store: Store | str) -> list[str]:
@@ -50,10 +52,11 @@ def load_run(store: Store | str, run_id: str) -> RunRecord:
 
 def read_labels(
     store: Store | str, run_id: str, layer: str, method: str | None = None, model: str | None = None,
-) -> list[tuple[LabelEntry, Labels | Explanations]]:
+) -> list[tuple[LabelEntry, Labels | Explanations | Descriptions]]:
     """The label tables of ``layer`` in a run (optionally one method / model), with what each one is: ranked
-    concept labels (``Labels``) or weighted explanations (``Explanations``, ``entry.table == "explanations"``);
-    both read as unit → ranked concepts."""
+    concept labels (``Labels``), weighted explanations (``Explanations``, ``entry.table == "explanations"``) or
+    free-text descriptions (``Descriptions``, Describe-and-Dissect's candidates with their evidence); all read
+    as unit → ranked concepts."""
     store = Store.of(store)
     run = load_run(store, run_id)
     chosen = [
@@ -86,6 +89,18 @@ def read_simulation(store: Store | str, run: str | RunRecord, entry: LabelEntry,
     return None
 
 
+def read_verification(store: Store | str, run: str | RunRecord, entry: LabelEntry,
+                      metric: str = "auc") -> dict[str, float | None] | None:
+    """unit → its verification score of ``entry``'s labels (``auc``, ``mad`` or ``auc_shuffled``; None: not scored),
+    or None when the run did not verify them."""
+    store = Store.of(store)
+    record = load_run(store, run) if isinstance(run, str) else run
+    for v in record.verification:
+        if (v.model, v.layer, v.method, v.source) == (entry.model, entry.layer, entry.method, entry.source):
+            return Scores(store.committed(v.dataset).read()).by_unit(metric)
+    return None
+
+
 def referenced_datasets(store: Store | str) -> set[str]:
     """Every dataset a run record or an attempt of any run names (what garbage collection keeps)."""
     store = Store.of(store)
@@ -98,6 +113,7 @@ def referenced_datasets(store: Store | str) -> set[str]:
             found.update(record.outputs)
             found.update(e.dataset for e in record.labels)
             found.update(s.dataset for s in record.simulation)
+            found.update(v.dataset for v in record.verification)
             found.update(path for m in record.models.values() for path in m.layers.values())
             found.update(path for s in record.stages for path in s.outputs)
     return found

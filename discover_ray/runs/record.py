@@ -123,6 +123,24 @@ class SimulationEntry(_Record):
     dataset: str  # the per-unit scores
 
 
+class VerificationEntry(_Record):
+    """One labelling verified on generated images (CoSy): the layer's mean AUC and MAD over the scored units, and
+    the mean AUC of the same labels shuffled among the units (the chance baseline, ≈ 0.5)."""
+
+    model: str
+    layer: str
+    method: str
+    source: str
+    generator: str  # the generator backend's kind
+    auc_mean: float | None  # None: no unit could be scored (no label the generator can draw)
+    mad_mean: float | None
+    auc_shuffled_mean: float | None = None
+    units: int
+    scored: int
+    undrawable: list[str] = Field(default_factory=list)  # labels the generator could not draw (first 50)
+    dataset: str  # the per-unit scores (auc, mad, auc_shuffled)
+
+
 class SplitInfo(_Record):
     """The train / val / test split of the probe images that explanation fitting and scoring used."""
 
@@ -156,6 +174,7 @@ class RunRecord(_Record):
     identification: list[Identification] = Field(default_factory=list)
     splits: SplitInfo | None = None
     simulation: list[SimulationEntry] = Field(default_factory=list)
+    verification: list[VerificationEntry] = Field(default_factory=list)
     failed_images: list[FailedImage] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list)  # every dataset the plan names (kept by `discover gc`)
     stages: list[StageEvent] = Field(default_factory=list)

@@ -49,9 +49,21 @@ def test_the_tables_the_next_methods_write():
     assert explanations.by_unit() == {"u00000": ([("dog", pytest.approx(0.7)), ("cat", pytest.approx(0.2))],
                                                  pytest.approx(0.1), pytest.approx(0.6), False),
                                       "u00001": ([], 0.0, 0.0, True)}
-    descriptions = schema.Descriptions(schema.description_table(
-        ["u00000"], [[("striped cats", 0.4), ("tabby cat fur", 0.8)]], [1]))
-    assert descriptions.chosen() == {"u00000": ("tabby cat fur", pytest.approx(0.8))}
+    from discover_ray.describe import CandidateResult, Captioned, UnitDescription
+
+    described = [
+        UnitDescription(0, captioned=[Captioned("img1", (0, 0, 10, 10), 2.5, "a tabby cat")], summaries=["cats"],
+                        candidates=[CandidateResult("tabby cat fur", ["world/ab"], True, 1.0, 2, 0.4, 0.8),
+                                    CandidateResult("striped cats", [], False, float("inf"), 1, -1.0, -1.0)]),
+        UnitDescription(1).fail("failed", "summarising: server down"),
+    ]
+    descriptions = schema.Descriptions(schema.description_table(["u00000", "u00001"], described))
+    assert descriptions.ranked() == {"u00000": [("tabby cat fur", pytest.approx(0.8)), ("striped cats", -1.0)]}
+    assert descriptions.top() == {"u00000": ("tabby cat fur", pytest.approx(0.8))}
+    assert descriptions.failures() == {"u00001": ("failed", "summarising: server down")}
+    row = descriptions.rows()["u00000"][0]
+    assert row["captioned"] == [{"image_id": "img1", "box": [0, 0, 10, 10], "activation": 2.5, "caption": "a tabby cat"}]
+    assert row["images"] == ["world/ab"] and row["summaries"] == ["cats"] and row["ordinal"] == 2
     scores = schema.Scores(schema.score_table(["u00000", "u00001"], "simulation_correlation", [0.3, -0.1]))
     assert scores.by_unit("simulation_correlation") == {"u00000": pytest.approx(0.3), "u00001": pytest.approx(-0.1)}
     assert set(schema.VERSIONS) >= {"activations", "labels", "explanations", "descriptions", "scores"}

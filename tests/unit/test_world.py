@@ -78,7 +78,8 @@ def test_discover_world_writes_the_splits_once(tmp_path):
     out = tmp_path / "world"
     printed = CliRunner().invoke(app, ["world", str(out), "--train", "18", "--val", "9", "--probe", "9"])
     assert printed.exit_code == 0, printed.output
-    assert sorted(p.name for p in out.iterdir()) == ["concepts.txt", "probe.parquet", "train.parquet", "val.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["captions.txt", "concepts.txt", "probe.parquet", "train.parquet",
+                                                     "val.parquet"]
     assert (out / "concepts.txt").read_text().split("\n")[:-1] == list(world.concept_vocabulary())
     before = (out / "train.parquet").stat().st_mtime_ns
     world.write_world(out, train=18, val=9, probe=9)

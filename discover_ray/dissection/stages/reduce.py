@@ -48,7 +48,7 @@ class ReduceStage(TaskStage):
         key = stage_key("REDUCE", method.writes, VERSIONS[method.writes], method=method.name,
                         params=params.model_dump(mode="json"), activations=activations.dataset.key,
                         source=source.data_key() if source else None, top_k=settings.top_k, dtype=settings.dtype,
-                        seed=settings.seed, **({"splits": splits.id} if uses_splits and splits else {}))
+                        seed=settings.seed, **({"splits": splits.id} if uses_splits and splits else {}), **self.extra_key())
         self.dataset = store.dataset(f"labels/{model.checkpoint_id}/{probe_id}/{layer}/{method.name}__{concept_set}__{encoder}",
                                      key, method.writes)
         self.expected = self._expected_rows()
@@ -56,6 +56,16 @@ class ReduceStage(TaskStage):
         super().__init__(title, [Output("labels", self.dataset, {0: self.expected})],
                          [activations.path, *(source.data_paths() if source else [])])
         self._marker: dict[str, Any] = {}
+
+    @classmethod
+    def plan_kwargs(cls, config: Any, sources: list[PreparedSource], model: PreparedModel, layer: str,
+                    params: BaseModel) -> dict[str, Any]:
+        """What else a stage of this kind needs from the run's config when it is planned (none for REDUCE)."""
+        return {}
+
+    def extra_key(self) -> dict[str, Any]:
+        """What else changes this stage's output (a subclass's backends, its scorer), for its key."""
+        return {}
 
     def _expected_rows(self) -> int | None:
         if self.method.writes != "labels" or self.source is None:
@@ -118,4 +128,6 @@ STAGES_BY_TABLE: dict[str, type[ReduceStage]] = {"explanations": ExplainStage}
 
 
 def stage_for(method: Method) -> type[ReduceStage]:
+    from discover_ray.dissection.stages import describe  # noqa: F401  (registers DESCRIBE for descriptions)
+
     return STAGES_BY_TABLE.get(method.writes, ReduceStage)

@@ -1,0 +1,285 @@
+"""Describe-and-Dissect on a chunk of one layer's units, step by step (methods.md §4; the paper is TMLR 2025).
+
+1. **Probe + crops**: each unit's top probe images, resized to ``crop_size``², plus up to ``crops`` attention
+   crops of each (its heatmap on that image, mapped back through the preprocessing geometry); the pool is
+   shown to the model again and its ``caption_images`` most activating images are kept.
+2. **Captions → candidates**: every kept image is captioned; a summariser simplifies and summarises the
+   captions into candidate concepts (without one, the captions are the candidates).
+3. **Selection**: a generator draws ``images_per_candidate`` images of every candidate (seeded per unit and
+   candidate); the unit's activations on them give TopK-Squared, CLIP embeddings give Image-Products
+   (``describe.select``); the best candidates are the unit's labels.
+
+The steps run for all units of the chunk together (one captioning batch, concurrent LLM calls, one pass of
+the target over all generated images), so a GPU backend sees batches and a remote LLM many requests in
+flight. A unit whose backend calls fail is recorded as failed with the reason; the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from discover_ray.backends.base import BackendError
+from discover_ray.backends.cached import CachedCaptioner, CachedGenerator, CachedSummarizer, GeneratedImage
+from discover_ray.describe.crops import attention_crops
+from discover_ray.describe.prompts import candidates_from, summarise_captions
+from discover_ray.describe.select import select_candidates
+
+__all__ = ["Captioned", "CandidateResult", "DescribeSettings", "ImageScorer", "TargetLayer", "UnitDescription",
+           "describe_units", "seed_for"]
+
+
+class TargetLayer(Protocol):
+    """The target model at one layer: pooled activations [n, K] of images, and its spatial maps [n, k, h, w] of
+    some units (None when the layer has no spatial map, e.g. a linear layer: then there are no crops)."""
+
+    def region_of(self, width: int, height: int) -> Any:
+        """The part of a width × height image the model's input shows (``describe.crops.input_region``)."""
+
+    def activations(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+    def heatmaps(self, images: Sequence[Image.Image], units: Sequence[int]) -> np.ndarray | None: ...
+
+
+#: CLIP image embeddings [n, d], L2-normalised (Image-Products)
+ImageScorer = Callable[[Sequence[Image.Image]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class DescribeSettings:
+    top_images: int = 10
+    crops: int = 4
+    crop_size: int = 375
+    caption_images: int = 10
+    summaries: int = 5
+    images_per_candidate: int = 10
+    beta: int = 5
+    top_generated: int = 10
+    temperature: float = 0.3
+    labels: int = 3
+    concurrency: int = 8
+
+
+@dataclass
+class Captioned:
+    image_id: str
+    box: tuple[int, int, int, int] | None  # the crop in the crop_size² image; None: the whole image
+    activation: float
+    caption: str
+
+
+@dataclass
+class CandidateResult:
+    concept: str
+    images: list[str]  # cache entries of its generated images ("backend/id")
+    drawn: bool
+    topk_score: float
+    ordinal: int
+    image_products: float
+    score: float
+
+
+@dataclass
+class UnitDescription:
+    unit: int
+    status: str = "ok"  # ok | failed | dead
+    error: str | None = None
+    captioned: list[Captioned] = field(default_factory=list)
+    summaries: list[str] = field(default_factory=list)
+    candidates: list[CandidateResult] = field(default_factory=list)  # best first
+
+    def fail(self, status: str, error: str) -> UnitDescription:
+        self.status, self.error = status, error
+        return self
+
+
+def seed_for(*parts: object) -> int:
+    """A 31-bit seed from any parts (run seed, model, layer, unit, candidate): stable across processes."""
+    digest = hashlib.sha256("\0".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def describe_units(units: Sequence[int], top: dict[int, list[str]], images: dict[str, Image.Image],
+                   target: TargetLayer, captioner: CachedCaptioner, summarizer: CachedSummarizer | None,
+                   generator: CachedGenerator, scorer: ImageScorer, settings: DescribeSettings,
+                   seed_parts: tuple[object, ...], timings: dict[str, float] | None = None) -> list[UnitDescription]:
+    """Describe every unit of ``units`` (``top[u]``: its top probe image ids, best first, [] when it never
+    activates; ``images``: those images decoded). ``seed_parts`` name the run and layer in every seed;
+    ``timings`` (step → seconds) is added to, for benchmarks and the stage's event."""
+    timings = timings if timings is not None else {}
+    out = {u: UnitDescription(u) for u in units}
+    with _timed(timings, "crops"):
+        pools = _pools([u for u in units if _alive(out[u], top[u])], top, images, target, settings)
+    with _timed(timings, "caption"):
+        _caption(pools, out, captioner)
+    with _timed(timings, "summarise"):
+        texts = _summaries(pools, out, summarizer, settings, seed_parts)
+    for u, found in texts.items():
+        if out[u].status == "ok" and not candidates_from(found):
+            out[u].fail("failed", "no candidate concept: every caption and summary was empty")
+    live = [u for u in texts if out[u].status == "ok"]
+    with _timed(timings, "generate"):
+        drawn = _generate(live, texts, out, generator, settings, seed_parts)
+    with _timed(timings, "select"):
+        _select(live, drawn, pools, out, target, scorer, settings)
+    return [out[u] for u in units]
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[step] = timings.get(step, 0.0) + time.perf_counter() - began
+
+
+def _alive(unit: UnitDescription, top: list[str]) -> bool:
+    if not top:
+        unit.fail("dead", "no activating image: the unit's activation is constant over the probe set")
+        return False
+    return True
+
+
+@dataclass
+class _Pool:
+    items: list[tuple[str, tuple[int, int, int, int] | None, Image.Image, float]]  # id, box, image, activation
+
+
+def _pools(units: list[int], top: dict[int, list[str]], images: dict[str, Image.Image], target: TargetLayer,
+           settings: DescribeSettings) -> dict[int, _Pool]:
+    """Each unit's originals plus attention crops, re-ranked by the unit's activation, top ``caption_images``."""
+    size = (settings.crop_size, settings.crop_size)
+    ids = sorted({i for u in units for i in top[u][: settings.top_images] if i in images})
+    maps = target.heatmaps([images[i] for i in ids], units) if ids and settings.crops > 0 else None
+    row = {i: r for r, i in enumerate(ids)}
+    pools: dict[int, _Pool] = {}
+    for k, u in enumerate(units):
+        entries: list[tuple[str, tuple[int, int, int, int] | None, Image.Image]] = []
+        for image_id in top[u][: settings.top_images]:
+            if image_id not in images:
+                continue
+            original = images[image_id]
+            entries.append((image_id, None, original.resize(size)))
+            if maps is not None:
+                for crop in attention_crops(original, maps[row[image_id], k], target.region_of(*original.size),
+                                            size=settings.crop_size,
+                                            max_crops=settings.crops):
+                    entries.append((image_id, crop.box, crop.image))
+        acts = target.activations([e[2] for e in entries])[:, u] if entries else np.zeros(0)
+        order = np.argsort(-acts, kind="stable")[: settings.caption_images]
+        pools[u] = _Pool([(*entries[i], float(acts[i])) for i in order])
+    return pools
+
+
+def _caption(pools: dict[int, _Pool], out: dict[int, UnitDescription], captioner: CachedCaptioner) -> None:
+    """Caption every pooled image in one batch; on a failure, unit by unit, so only the failing units fail."""
+    units = list(pools)
+    flat = [item[2] for u in units for item in pools[u].items]
+    try:
+        captions = captioner.caption(flat)
+        by_unit, start = {}, 0
+        for u in units:
+            by_unit[u] = captions[start : start + len(pools[u].items)]
+            start += len(pools[u].items)
+    except BackendError:
+        by_unit = {}
+        for u in units:
+            try:
+                by_unit[u] = captioner.caption([item[2] for item in pools[u].items])
+            except BackendError as err:
+                out[u].fail("failed", f"captioning: {err}")
+    for u, captions in by_unit.items():
+        out[u].captioned = [Captioned(i, box, act, text.strip()) for (i, box, _, act), text in
+                            zip(pools[u].items, captions, strict=True)]
+        if not any(c.caption for c in out[u].captioned):
+            out[u].fail("failed", "every caption was empty")
+
+
+def _summaries(pools: dict[int, _Pool], out: dict[int, UnitDescription], summarizer: CachedSummarizer | None,
+               settings: DescribeSettings, seed_parts: tuple[object, ...]) -> dict[int, list[str]]:
+    """unit → its summaries (or, without summariser, its captions); LLM calls of all units run concurrently."""
+    live = [u for u in pools if out[u].status == "ok"]
+    if summarizer is None:
+        return {u: [c.caption for c in out[u].captioned] for u in live}
+
+    def one(u: int) -> tuple[int, list[str] | BackendError]:
+        unit_seed = seed_for(*seed_parts, "summarise", u)
+
+        def chat(messages: list[dict[str, str]], seed: int) -> str:
+            return summarizer.chat(messages, temperature=settings.temperature, seed=seed)
+
+        try:
+            _, replies = summarise_captions(chat, [c.caption for c in out[u].captioned], summaries=settings.summaries,
+                                            rng=np.random.default_rng(unit_seed), seed=seed_for(*seed_parts[:1], "llm"))
+            return u, replies
+        except BackendError as err:
+            return u, err
+
+    found: dict[int, list[str]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, settings.concurrency)) as pool:
+        for u, result in pool.map(one, live):
+            if isinstance(result, BackendError):
+                out[u].fail("failed", f"summarising: {result}")
+            else:
+                out[u].summaries = result
+                found[u] = result
+    return found
+
+
+def _generate(units: list[int], texts: dict[int, list[str]], out: dict[int, UnitDescription],
+              generator: CachedGenerator, settings: DescribeSettings,
+              seed_parts: tuple[object, ...]) -> dict[int, list[tuple[str, list[GeneratedImage] | None]]]:
+    """(unit, candidate) → its images (None: the generator cannot draw it); a generator failure fails the unit."""
+    drawn: dict[int, list[tuple[str, list[GeneratedImage] | None]]] = {}
+    for u in units:
+        results = []
+        try:
+            for concept in candidates_from(texts[u]):
+                base = seed_for(*seed_parts, "generate", u, concept)
+                seeds = [(base + i) & 0x7FFFFFFF for i in range(settings.images_per_candidate)]
+                results.append((concept, generator.generate(concept, seeds)))
+        except BackendError as err:
+            out[u].fail("failed", f"generating: {err}")
+            continue
+        drawn[u] = results
+    return drawn
+
+
+def _select(units: list[int], drawn: dict[int, list[tuple[str, list[GeneratedImage] | None]]],
+            pools: dict[int, _Pool], out: dict[int, UnitDescription], target: TargetLayer, scorer: ImageScorer,
+            settings: DescribeSettings) -> None:
+    """One pass of the target and the scorer over every generated and captioned image, then each unit's choice."""
+    units = [u for u in units if u in drawn]
+    flat: list[Image.Image] = []
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for u in units:
+        spans[u] = []
+        for _, found in drawn[u]:
+            start = len(flat)
+            flat.extend(g.image for g in (found or []))
+            spans[u].append((start, len(flat)))
+    acts = target.activations(flat) if flat else np.zeros((0, 0))
+    emb = scorer(flat) if flat else np.zeros((0, 1))
+    for u in units:
+        owner = np.concatenate([np.full(b - a, c) for c, (a, b) in enumerate(spans[u])]).astype(np.int64)
+        rows = np.concatenate([np.arange(a, b) for a, b in spans[u]]).astype(np.int64)
+        if not len(rows):
+            out[u].fail("failed", "the generator drew no candidate: every candidate is outside what it can draw")
+        top_emb = scorer([item[2] for item in pools[u].items])
+        chosen = select_candidates(acts[rows, u] if len(rows) else np.zeros(0), owner, len(spans[u]), top_emb,
+                                   emb[rows] if len(rows) else np.zeros((0, top_emb.shape[1])), beta=settings.beta,
+                                   top=settings.top_generated)
+        out[u].candidates = [
+            CandidateResult(drawn[u][c][0], [f"{g.key.backend}/{g.key.id}" for g in (drawn[u][c][1] or [])],
+                            bool(chosen.drawn[c]), float(chosen.topk_score[c]), int(chosen.ordinal[c]),
+                            float(chosen.image_products[c]), float(chosen.score[c]))
+            for c in chosen.order]
