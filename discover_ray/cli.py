@@ -111,6 +111,41 @@ def _print_loop(result, method: str, units: int) -> None:
                      if s.layer == "relu3" and s.source == "families" and s.scoring == "correlation"]
         console.print("simulation on held-out images, relu3 (families): " + ", ".join(
             f"{s.method} {s.correlation_mean:.3f}" for s in simulated if s.correlation_mean is not None), highlight=False)
+    if "cnn" in result.targets:
+        _print_described(result.store, result.targets["cnn"]["run_id"], method, units)
+
+
+def _print_described(store: str, run_id: str, method: str, units: int) -> None:
+    """Describe-and-Dissect's labels beside CLIP-Dissect's, each with its verification AUC on drawn images."""
+    from discover_ray import load_run, read_labels, read_verification
+
+    record = load_run(store, run_id)
+    if not any(e.method == "describe_and_dissect" for e in record.labels):
+        return
+    view = Table(title=f"the CNN's units: CLIP-Dissect ({method}, tiny CLIP) beside Describe-and-Dissect, each with its "
+                       "verification AUC on drawn images")
+    for column in ("layer", "unit", method, "AUC", "describe_and_dissect", "AUC "):
+        view.add_column(column, justify="right" if column.startswith("AUC") else "left")
+    for layer in ("relu3", "fc"):
+        found = {e.method: (e, t) for e, t in read_labels(store, run_id, layer)
+                 if e.method == "describe_and_dissect" or (e.method == method and e.source.startswith("clip"))}
+        if len(found) < 2:
+            continue
+        (clip_entry, clip_labels), (dnd_entry, dnd_labels) = found[method], found["describe_and_dissect"]
+        clip_auc = read_verification(store, record, clip_entry) or {}
+        dnd_auc = read_verification(store, record, dnd_entry) or {}
+        clip_top, dnd_top = clip_labels.top(), dnd_labels.top()
+        shown = list(clip_top) if layer == "fc" else list(clip_top)[:units]
+        for unit in shown:
+            a, b = clip_auc.get(unit), dnd_auc.get(unit)
+            view.add_row(layer, unit, clip_top[unit][0], "" if a is None else f"{a:.2f}",
+                         dnd_top.get(unit, ("(not described)", 0))[0], "" if b is None else f"{b:.2f}")
+    console.print(view)
+    for v in record.verification:
+        if v.auc_mean is not None:
+            console.print(f"verification {v.layer} {v.method}" + (f" ({v.source})" if v.source else "")
+                          + f": AUC {v.auc_mean:.3f}, shuffled labels {v.auc_shuffled_mean:.3f}, MAD {v.mad_mean:.2f}",
+                          highlight=False)
 
 
 def _quick_demo(seed: int, method: str, units: int) -> None:

@@ -72,7 +72,9 @@ class CallCache:
 
     def get(self, key: CallKey) -> bytes | None:
         """The stored result, or None when there is no complete, intact entry."""
-        data_path, marker_path = self._paths(key)
+        return self._read(*self._paths(key))
+
+    def _read(self, data_path: str, marker_path: str) -> bytes | None:
         if not self.store.exists(marker_path):
             return None
         try:
@@ -84,6 +86,22 @@ class CallCache:
         if marker.get("sha256") != hashlib.sha256(data).hexdigest() or marker.get("size") != len(data):
             return None
         return data
+
+    def read(self, ref: str) -> bytes | None:
+        """An entry by its reference ``"{backend}/{id}"`` (how tables name generated images), if intact."""
+        backend, _, call = ref.partition("/")
+        base = f"{self.prefix}/{backend}/{call[:2]}/{call}"
+        return self._read(base + ".bin", base + ".json")
+
+    def check(self) -> tuple[int, list[str]]:
+        """(entries, references of those that are incomplete or corrupt): a store-wide integrity check."""
+        markers = [p for p in self.store.files(self.prefix) if p.endswith(".json")]
+        bad = []
+        for marker in markers:
+            if self._read(marker[: -len(".json")] + ".bin", marker) is None:
+                backend, call = marker.split("/")[-3], marker.rsplit("/", 1)[1][: -len(".json")]
+                bad.append(f"{backend}/{call}")
+        return len(markers), bad
 
     def put(self, key: CallKey, data: bytes) -> None:
         data_path, marker_path = self._paths(key)

@@ -43,7 +43,15 @@ class DiffusersConfig(BackendConfig):
     size: int = Field(default=512, ge=8)  # height = width, in pixels
     guidance: float = Field(default=7.5, ge=0)
     negative_prompt: str | None = None
+    prompt: str = Field("One realistic image of {concept}", description="the text drawn; {concept} is the concept")
     batch_size: int = Field(default=4, ge=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _names_the_concept(cls, prompt: str) -> str:
+        if "{concept}" not in prompt:
+            raise ValueError(f"prompt must contain {{concept}} (where the concept goes), got {prompt!r}")
+        return prompt
 
     @field_validator("size")
     @classmethod
@@ -103,8 +111,9 @@ class DiffusersGenerator(Generator):
         with self._lock, torch.inference_mode():
             return list(self.pipeline(prompt=[prompt] * n, generator=generators, **options).images)
 
-    def generate(self, prompt: str, seeds: Sequence[int]) -> list[Image.Image]:
-        """One ``size``² RGB image of ``prompt`` per seed, in the order of ``seeds``."""
+    def generate(self, concept: str, seeds: Sequence[int]) -> list[Image.Image]:
+        """One ``size``² RGB image of ``concept`` (put into the ``prompt`` template) per seed, in seed order."""
+        prompt = self.config.prompt.replace("{concept}", concept)
         images: list[Image.Image] = []
         size = self.config.batch_size
         for start in range(0, len(seeds), size):

@@ -119,10 +119,32 @@ def target_config(name: str, folder: Path, root: Path, seed: int, sizes: LoopSiz
     }
 
 
+#: Describe-and-Dissect on the world CNN, offline: the tiny CLIP captions by retrieval from the world's caption
+#: bank, the captions are the candidates (no summariser), the world's renderer draws them; crops at 64 px (the
+#: images are 32 px: the paper's 375 px would only cost time). Its labels and soft-WPMI's are verified (CoSy).
+DESCRIBED = {"cnn": ["relu3", "fc"]}
+DESCRIBE_PARAMS = {"crop_size": 64}
+
+
+def describe_sections(clip_checkpoint: str, folder: Path) -> dict[str, Any]:
+    return {
+        "backends": {
+            "captioner": {"kind": "clip_retrieval", "model": CLIP_MODEL, "pretrained": clip_checkpoint,
+                          "captions": str(folder / "captions.txt")},
+            "summarizer": {"kind": "none"},
+            "generator": {"kind": "world"},
+        },
+        "verify": {"methods": ["soft_wpmi", "describe_and_dissect"], "images": 20, "control": 300},
+    }
+
+
 def dissect_config(name: str, checkpoint: str, clip_checkpoint: str, folder: Path, root: Path, seed: int,
                    calibration: dict[str, float] | None = None) -> dict[str, Any]:
     """A target dissected with label concepts (classes + colour and shape superclasses), the world's five concept
-    families, and the tiny CLIP (with its calibration for concept values, when given)."""
+    families, and the tiny CLIP (with its calibration for concept values, when given); the world CNN also by
+    Describe-and-Dissect, with its labels and soft-WPMI's verified on drawn images."""
+    methods = METHODS if calibration else [m for m in METHODS if m != "linear_explanation"]
+    described = name in DESCRIBED and calibration is not None
     clip = {"kind": "clip", "model": CLIP_MODEL, "pretrained": clip_checkpoint, "concepts": str(folder / "concepts.txt"),
             "batch_size": 300}
     return {
@@ -137,8 +159,9 @@ def dissect_config(name: str, checkpoint: str, clip_checkpoint: str, folder: Pat
             {**clip, "calibration": calibration} if calibration else clip,
         ],
         "record": {"batch_size": 150},
-        "reduce": {"methods": METHODS if calibration else [m for m in METHODS if m != "linear_explanation"],
-                   "top_k": 5},
+        "reduce": {"methods": [*methods, "describe_and_dissect"] if described else methods, "top_k": 5,
+                   **({"params": {"describe_and_dissect": {**DESCRIBE_PARAMS, "layers": DESCRIBED[name]}}} if described else {})},
+        **(describe_sections(clip_checkpoint, folder) if described else {}),
         "ray": {"progress": False},
     }
 

@@ -126,7 +126,8 @@ def _results(plan: Plan, record: RunRecord, executor: Executor) -> RunRecord:
             source=labelling.source.name if labelling.source else "", generator=stage.backends.generator.kind,
             auc_mean=marker.get("auc_mean"), mad_mean=marker.get("mad_mean"),
             auc_shuffled_mean=marker.get("auc_shuffled_mean"), units=marker.get("units", 0),
-            scored=marker.get("scored", 0), undrawable=marker.get("undrawable", []), dataset=stage.dataset.relative))
+            scored=marker.get("scored", 0), undrawable=marker.get("undrawable", []), failed=marker.get("failed", {}),
+            dataset=stage.dataset.relative))
     failed: dict[str, str] = {}
     for stage in plan.stages:
         if stage.name in ("RECORD", "EMBED", "DECODE"):

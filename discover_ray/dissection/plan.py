@@ -89,6 +89,12 @@ def plan_dissection(config: DissectConfig, store: Store) -> Plan:
     methods = [(get_method(name), get_method(name).params(config.reduce.params.get(name))) for name in config.reduce.methods]
     for method, params in methods:
         method.check(params, len(probe))
+    for method, params in methods:
+        recorded = {layer for m in config.models for layer in m.layers}
+        unknown = sorted(set(method.layers(params) or ()) - recorded)
+        if unknown:
+            raise ConfigError(f"reduce.params.{method.name}.layers names {unknown}, which no model records "
+                              f"(recorded layers: {sorted(recorded)})")
     notes: list[str] = []
     sources, context = prepare_sources(config, store, probe, notes)
     models = [prepare_model(m, config, probe) for m in config.models]
@@ -117,7 +123,8 @@ def plan_dissection(config: DissectConfig, store: Store) -> Plan:
         for output in records[model.label].outputs:
             for source in [*sources, None]:
                 for method, params in methods:
-                    if (source is None) == method.per_concept_source:
+                    chosen = method.layers(params)
+                    if (source is None) == method.per_concept_source or (chosen is not None and output.name not in chosen):
                         continue
                     if source is not None and method.reads_concept_values and not source.has_values():
                         raise ConfigError(

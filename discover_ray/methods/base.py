@@ -145,6 +145,10 @@ class Method:
     def check(self, params: BaseModel, images: int) -> None:
         """Raise before any work if the method cannot run on a probe set of ``images`` images."""
 
+    def layers(self, params: BaseModel) -> list[str] | None:
+        """The recorded layers the method runs on (None: every one), when its parameters choose some."""
+        return None
+
     def validate(self, inputs: LayerInputs, params: BaseModel) -> None:
         """Raise, on the driver and before any task, if the layer's inputs cannot be used (naming the layer)."""
 

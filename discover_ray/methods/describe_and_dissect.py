@@ -55,6 +55,7 @@ def parse_units(value: str | list[int], units: int) -> list[int]:
 class DescribeAndDissectParams(Strict):
     """methods.md §4 defaults (top images 10, crops ≤ 4, N = 5 summaries, Q = 10 images, β = 5, t = 10)."""
 
+    layers: list[str] | None = Field(None, description="the recorded layers to describe (default: every one)")
     units: str | list[int] = Field("all", description="all, a list of units, or ranges like '0..19, 30'")
     top_images: int = Field(10, ge=1)
     crops: int = Field(4, ge=0, description="attention crops per top image at most (0: none)")
@@ -92,6 +93,9 @@ class DescribeAndDissect(Method):
     needs = frozenset({"activations", "top_images", "image_bytes", "backends", "model"})
     writes = "descriptions"
     per_concept_source = False
+
+    def layers(self, params: Any) -> list[str] | None:
+        return params.layers
 
     def validate(self, inputs: LayerInputs, params: Any) -> None:
         if inputs.target is None or inputs.backends is None or inputs.scorer is None:

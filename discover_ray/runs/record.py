@@ -138,6 +138,7 @@ class VerificationEntry(_Record):
     units: int
     scored: int
     undrawable: list[str] = Field(default_factory=list)  # labels the generator could not draw (first 50)
+    failed: dict[str, str] = Field(default_factory=dict)  # labels whose generation failed → why (first 50)
     dataset: str  # the per-unit scores (auc, mad, auc_shuffled)
 
 

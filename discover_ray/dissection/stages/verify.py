@@ -5,7 +5,7 @@ a generator backend draws ``images`` images, and the target at the layer is show
 ``control`` probe images (seeded, the same for every unit) gives the baseline from the recorded activations.
 Scores per unit (``evaluate.verification``): AUC (generated vs control) and MAD. The same images also score
 the labels *shuffled* among the units (a seeded derangement): the chance baseline a label must beat, ≈ 0.5.
-A label the generator cannot draw gets no score (recorded). Labels shared by several units are drawn once.
+A label the generator cannot draw, or whose generation fails, gets no score (recorded, with the reason). Labels shared by several units are drawn once.
 The dataset is ``verification/{checkpoint}/{probe}/{layer}/{labelling}__by__{generator}/{key}``.
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from discover_ray.backends.base import BackendError
 from discover_ray.backends.settings import BackendSet
 from discover_ray.describe.dnd import seed_for
 from discover_ray.describe.target import TargetRef
@@ -46,12 +47,17 @@ def draw_labels(loaded: dict[str, Any], labels: list[str]) -> dict[str, Any]:
     assert backends.generator is not None
     probe = payload.target.probe()
     out: dict[str, np.ndarray | None] = {}
+    failed: dict[str, str] = {}
     for label in labels:
         base = seed_for(payload.seed, "verify", label)
-        drawn = backends.generator.generate(label, [(base + i) & 0x7FFFFFFF for i in range(payload.images)])
+        try:
+            drawn = backends.generator.generate(label, [(base + i) & 0x7FFFFFFF for i in range(payload.images)])
+        except BackendError as err:  # this label gets no score; the others go on
+            failed[label] = str(err)
+            drawn = None
         out[label] = None if drawn is None else probe.activations([g.image for g in drawn])
-    return {"activations": out, "calls": backends.cache.stats.misses, "hits": backends.cache.stats.hits,
-            "generator": backends.generator.identity.as_dict()}
+    return {"activations": out, "failed": failed, "calls": backends.cache.stats.misses,
+            "hits": backends.cache.stats.hits, "generator": backends.generator.identity.as_dict()}
 
 
 def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -106,8 +112,10 @@ class VerifyStage(TaskStage):
 
     def assemble(self, part: int, results: list[Any], payload: dict[str, Any]) -> dict[str, pa.Table]:
         drawn: dict[str, np.ndarray | None] = {}
+        failed: dict[str, str] = {}
         for r in results:
             drawn.update(r["activations"])
+            failed.update(r["failed"])
         units, labels, control = self._state["units"], self._state["labels"], self._state["control"]
         auc, mad, dead = _scores(labels, drawn, control)
         scored = [k for k, label in enumerate(labels) if label and drawn.get(label) is not None]
@@ -121,13 +129,13 @@ class VerifyStage(TaskStage):
                   score_table(units, "auc_shuffled", auc_s, dead_s)]
         live = ~np.asarray(dead)
         live_s = ~np.asarray(dead_s)
-        undrawable = sorted({label for label in labels if label and drawn.get(label) is None})
+        undrawable = sorted({label for label in labels if label and drawn.get(label) is None} - set(failed))
         self._marker = {
             "auc_mean": float(np.mean(np.asarray(auc)[live])) if live.any() else None,
             "mad_mean": float(np.mean(np.asarray(mad)[live])) if live.any() else None,
             "auc_shuffled_mean": float(np.mean(np.asarray(auc_s)[live_s])) if live_s.any() else None,
             "units": len(units), "scored": int(live.sum()), "unlabelled": sum(label is None for label in labels),
-            "undrawable": undrawable[:50], "control_images": int(len(control)), "images_per_label": self.images,
+            "undrawable": undrawable[:50], "failed": dict(sorted(failed.items())[:50]), "control_images": int(len(control)), "images_per_label": self.images,
             "calls": sum(r["calls"] for r in results), "cache_hits": sum(r["hits"] for r in results),
             "generator": results[0].get("generator") if results else None}
         return {"scores": pa.concat_tables(tables)}

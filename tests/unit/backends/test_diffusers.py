@@ -85,7 +85,8 @@ def test_float16_on_cpu_runs_and_is_named_as_float32(sd_dir: Path, generator: Di
     identity = generator.identity
     assert (identity.kind, identity.model, identity.revision) == ("diffusers", str(sd_dir), None)
     assert identity.params == {"dtype": "float32", "scheduler": "dpm_multistep", "steps": 2, "size": 32,
-                               "guidance": 7.5, "negative_prompt": None}
+                               "guidance": 7.5, "negative_prompt": None,
+                               "prompt": "One realistic image of {concept}"}
     assert tiny(sd_dir, dtype="float32").identity == identity
     assert type(generator.pipeline.scheduler).__name__ == "DPMSolverMultistepScheduler"
 
@@ -145,3 +146,12 @@ def test_a_revision_is_named_in_the_message(tmp_path: Path, monkeypatch) -> None
     with pytest.raises(WeightsUnavailableError, match=r"CompVis/stable-diffusion-v1-4.*'fp16'.*--revision fp16"):
         DiffusersGenerator(DiffusersConfig(model=HUB_NAME, revision="fp16"), BackendContext())
     assert time.monotonic() - start < 15
+
+
+def test_the_prompt_template_puts_the_concept_in_and_must_name_it(sd_dir):
+    plain = tiny(sd_dir, prompt="{concept}")
+    templated = tiny(sd_dir)
+    assert templated.config.prompt == "One realistic image of {concept}"
+    assert np.abs(pixels(plain.generate("red circle", [0]))[0] - pixels(templated.generate("red circle", [0]))[0]).max() > 0
+    with pytest.raises(ConfigError, match=r"\{concept\}"):
+        parse_backend("generator", {"kind": "diffusers", "model": str(sd_dir), "prompt": "a photo"})
