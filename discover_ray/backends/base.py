@@ -46,6 +46,10 @@ class BackendConfig(Strict):
     model: str | None = None
     revision: str | None = None
 
+    def check(self) -> None:
+        """Raise, on the driver within seconds and before any work, if the backend cannot be built here (e.g. its
+        weights are neither local nor cached and cannot be downloaded). Nothing is loaded."""
+
     def parameters(self) -> dict[str, Any]:
         """The parameters that change a result (everything but kind, model and revision; no secrets)."""
         return self.model_dump(mode="json", exclude={"kind", "model", "revision"})

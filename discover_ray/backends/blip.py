@@ -23,7 +23,7 @@ from discover_ray.backends.base import (
     Captioner,
     register_backend,
 )
-from discover_ray.backends.hub import dtype_name, load_pretrained, torch_dtype
+from discover_ray.backends.hub import check_available, dtype_name, load_pretrained, torch_dtype
 
 __all__ = ["BlipCaptioner", "BlipConfig"]
 
@@ -40,6 +40,9 @@ class BlipConfig(BackendConfig):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # Conditional captioning: the caption continues this text (and starts with it); None: unconditional.
     prompt: str | None = None
+
+    def check(self) -> None:
+        check_available(self.model, self.revision, "captioner model")
 
 
 @register_backend

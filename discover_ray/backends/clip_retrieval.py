@@ -29,6 +29,13 @@ class ClipRetrievalConfig(BackendConfig):
     captions: str = Field(description="the caption bank: a text file, one caption per line, or a built-in concept set")
     batch_size: int = Field(64, ge=1)
 
+    def check(self) -> None:
+        from discover_ray.concepts import load_concepts
+        from discover_ray.encoders.clip import ClipSpec, check_clip
+
+        check_clip(ClipSpec(self.model, self.pretrained, self.seed))
+        load_concepts(self.captions)  # a missing or empty bank: named now
+
     @field_validator("pretrained", "captions")
     @classmethod
     def _resolve(cls, value: str | None) -> str | None:

@@ -25,7 +25,7 @@ from discover_ray.backends.base import (
     Generator,
     register_backend,
 )
-from discover_ray.backends.hub import accelerate_kwargs, dtype_name, load_pretrained, torch_dtype
+from discover_ray.backends.hub import accelerate_kwargs, check_available, dtype_name, load_pretrained, torch_dtype
 
 __all__ = ["DiffusersConfig", "DiffusersGenerator"]
 
@@ -59,6 +59,9 @@ class DiffusersConfig(BackendConfig):
         if size % 8:
             raise ValueError(f"size must be a multiple of 8 (Stable Diffusion's VAE downsamples by 8), not {size}")
         return size
+
+    def check(self) -> None:
+        check_available(self.model, self.revision, "generator pipeline")
 
 
 @register_backend

@@ -23,7 +23,7 @@ from discover_ray.backends.base import (
     Summarizer,
     register_backend,
 )
-from discover_ray.backends.hub import dtype_name, load_pretrained, torch_dtype
+from discover_ray.backends.hub import check_available, dtype_name, load_pretrained, torch_dtype
 
 __all__ = ["TransformersChatConfig", "TransformersSummarizer"]
 
@@ -36,6 +36,9 @@ class TransformersChatConfig(BackendConfig):
     revision: str | None = None
     max_new_tokens: int = Field(default=32, ge=1)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    def check(self) -> None:
+        check_available(self.model, self.revision, "summariser model")
 
 
 @register_backend

@@ -154,6 +154,34 @@ def load_pretrained(loader: Callable[..., T], name: str, revision: str | None, w
         ) from err
 
 
+def check_available(name: str, revision: str | None, what: str) -> None:
+    """Raise ``WeightsUnavailableError`` within seconds, before any work, when ``name`` can be had neither from a
+    local directory, nor from the Hugging Face cache, nor by a download from here (the same rules as
+    ``load_pretrained``, without loading anything)."""
+    at = f" at revision {revision!r}" if revision else ""
+    if Path(name).expanduser().is_dir():
+        return
+    if _looks_like_path(name):
+        raise WeightsUnavailableError(
+            f"the {what} directory {name!r} does not exist; set `model:` to an existing local directory or a hub id")
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(name, revision=revision, local_files_only=True)
+        return
+    except Exception as err:  # noqa: BLE001 - not cached: decided below
+        cached_error: BaseException = err
+    if is_offline():
+        raise WeightsUnavailableError(
+            f"the {what} {name!r}{at} is not in the local Hugging Face cache and this machine is offline "
+            f"(HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE); {_how_to_fix(name, revision)}") from cached_error
+    reason = _hub_unreachable(name, revision)
+    if reason is not None:
+        raise WeightsUnavailableError(
+            f"the {what} {name!r}{at} is not in the local Hugging Face cache and cannot be downloaded: {reason}; "
+            f"{_how_to_fix(name, revision)}") from cached_error
+
+
 def torch_dtype(name: str, device: str) -> torch.dtype:
     """The dtype to load a model in: ``name`` ("float32", "float16", "bfloat16"), except that float16 on a CPU
     becomes float32. float16 is a GPU choice (half the memory, tensor cores); on a CPU its kernels are slower

@@ -151,6 +151,7 @@ def _verifications(config: DissectConfig, store: Store, probe_id: str, reduces: 
         return []
     generator = verify.generator or (config.backends.generator if config.backends else None)
     assert generator is not None  # the config checks it
+    generator.check()
     backends = BackendSet(None, None, generator, store.root, config.backends.replay if config.backends else False)
     return [VerifyStage(store, stage, backends, target_ref(config, stage.model, stage.layer), verify.images,
                         verify.control, verify.seed, probe_id)

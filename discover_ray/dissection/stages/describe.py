@@ -53,6 +53,9 @@ class DescribeStage(ReduceStage):
                  f"(CLIP sources: {[s.name for s in clips]})") if wanted else
                 "describe_and_dissect scores candidates by Image-Products with a CLIP image tower: add a concept source "
                 "of kind clip (e.g. {kind: clip, model: ViT-B-16, pretrained: openai, concepts: ...})")
+        for section in (backends.captioner, backends.summarizer, backends.generator):
+            if section is not None:
+                section.check()
         return {"backends": BackendSet(backends.captioner, backends.summarizer, backends.generator, config.store,
                                        backends.replay),
                 "scorer": scorer, "target": target_ref(config, model, layer), "calls": backends.calls}

@@ -248,3 +248,40 @@ def test_bad_describe_configs_fail_before_any_work(world_files, tmp_path):
     no_clip["concepts"] = no_clip["concepts"][:1]
     with pytest.raises(ConfigError, match="add a concept source of kind clip"):
         dissect(load_config(no_clip), executor="local", console=QUIET)
+
+
+def test_the_hugging_face_backends_run_the_whole_method(world_files, tmp_path):
+    from discover_ray.describe.prompts import candidates_from
+    from tests.tiny_hf import save_tiny_blip, save_tiny_sd
+    from tests.tiny_llm import save_tiny_causal_lm
+
+    cfg = config(world_files, tmp_path / "runs",
+                 captioner={"kind": "blip", "model": str(save_tiny_blip(tmp_path / "blip"))},
+                 summarizer={"kind": "transformers", "model": str(save_tiny_causal_lm(tmp_path / "lm")),
+                             "max_new_tokens": 6},
+                 generator={"kind": "diffusers", "model": str(save_tiny_sd(tmp_path / "sd")), "steps": 2, "size": 32,
+                            "dtype": "float32"},
+                 params={"failure_budget": 0.0, "layers": ["fc"]}, verify=None)
+    result = dissect(cfg, executor="local", console=QUIET)
+    entry, table = labels_of(result, "fc")
+    marker = Store(result.store).committed(entry.dataset).marker()
+    assert {role: b["kind"] for role, b in marker["backends"].items()} == {
+        "captioner": "blip", "summarizer": "transformers", "generator": "diffusers"}
+    assert set(table.ranked()) == {"u00000", "u00001", "u00002"}
+    for unit, candidates in table.ranked().items():
+        rows = table.rows()[unit]
+        assert {c for c, _ in candidates} == set(candidates_from(rows[0]["summaries"]))  # the LM's replies: the labels
+        assert any(c["caption"] for c in rows[0]["captioned"])  # a random BLIP may also say nothing for an image
+
+
+def test_a_pretrained_backend_that_cannot_be_had_offline_fails_at_once_naming_the_fix(world_files, tmp_path, monkeypatch):
+    import time
+
+    from discover_ray.errors import WeightsUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    began = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError, match=r"Salesforce/blip-image-captioning-base.*local directory"):
+        dissect(config(world_files, tmp_path / "runs", captioner={"kind": "blip"}), executor="local", console=QUIET)
+    assert time.perf_counter() - began < 15
+    assert not (tmp_path / "runs" / "runs").exists()  # failed before any record was written
