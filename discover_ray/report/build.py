@@ -37,8 +37,9 @@ from discover_ray.evaluate.sparsity import EPS, Sparsity
 from discover_ray.report import plots
 from discover_ray.report.thumbnails import ProbeMismatch, Thumbnails, open_run_probe
 from discover_ray.runs import LabelEntry, RunRecord, load_run
-from discover_ray.runs.read import READERS, read_simulation
-from discover_ray.schema import Explanations, Labels
+from discover_ray.backends.cache import CallCache
+from discover_ray.runs.read import READERS, read_simulation, read_verification
+from discover_ray.schema import Descriptions, Explanations, Labels
 from discover_ray.store import Store
 
 __all__ = ["Report", "build_report", "default_folder"]
@@ -68,7 +69,7 @@ class _Layer:
     model: str
     layer: str
     primary: LabelEntry
-    labellings: list[tuple[LabelEntry, Labels | Explanations]]
+    labellings: list[tuple[LabelEntry, Labels | Explanations | Descriptions]]
     recorded: LayerActivations
     stats: Sparsity
     per_position: Sparsity | None = None
@@ -76,6 +77,9 @@ class _Layer:
     top: dict[str, tuple[str, float]] = field(default_factory=dict)
     simulation: dict[str, Any] = field(default_factory=dict)  # the layer's simulation scores, method by method
     test_r: dict[int, dict[str, float | None]] = field(default_factory=dict)  # id(entry) → unit → test correlation
+    verified: dict[int, dict[str, float | None]] = field(default_factory=dict)  # id(entry) → unit → verification AUC
+    crop_size: dict[int, int] = field(default_factory=dict)  # id(entry) → DnD's crop size (for its captioned crops)
+    verification: list[Any] = field(default_factory=list)  # the layer's VerificationEntry rows
 
     @property
     def title(self) -> str:
@@ -158,10 +162,17 @@ def _layers(store: Store, run: RunRecord, method: str | None, eps: float) -> lis
         item = _Layer(model, layer, primary, labellings, recorded, layer_activity(recorded, eps),
                       position_activity(recorded))
         item.simulation = _simulation_table(run, model, layer)
-        for e, _ in labellings:
+        item.verification = [v for v in run.verification if v.model == model and v.layer == layer]
+        for e, table in labellings:
             scores = read_simulation(store, run, e, "correlation")
             if scores is not None:
                 item.test_r[id(e)] = scores
+            auc = read_verification(store, run, e, "auc")
+            if auc is not None:
+                item.verified[id(e)] = auc
+            if isinstance(table, Descriptions):
+                params = (store.committed(e.dataset).marker() or {}).get("params", {})
+                item.crop_size[id(e)] = int(params.get("crop_size", 375))
         out.append(item)
     for item in out:
         item.top = next(t for e, t in item.labellings if e is item.primary).top()
@@ -222,6 +233,16 @@ def _write(
         cards = _cards(item, top_images)
         if thumbs is not None:
             thumbs.ensure(t["image_id"] for card in cards for t in card["images"])
+            thumbs.ensure(c["image_id"] for card in cards for d in card["descriptions"] for c in d["captioned"]
+                          if not c["box"])
+        cache = CallCache(store)
+        for card in cards:
+            for d in card["descriptions"]:
+                for c in d["captioned"]:
+                    c["src"] = None if thumbs is None else (
+                        thumbs.crop(c["image_id"], c["box"], c["size"]) if c["box"] else thumbs.path(c["image_id"]))
+                for g in d["generated"]:
+                    g["src"] = thumbs.generated(g["ref"], cache.read(g["ref"])) if thumbs else None
         for card in cards:
             for t in card["images"]:
                 t["src"] = thumbs.path(t["image_id"]) if thumbs else None
@@ -292,6 +313,10 @@ def _cards(item: _Layer, top_images: int) -> list[dict[str, Any]]:
              "test_r": item.test_r.get(id(e), {}).get(unit)}
             for e, t in item.labellings if isinstance(t, Explanations) and unit in t.by_unit()
         ]
+        descriptions = [_described(e, t, unit, item.crop_size[id(e)]) for e, t in item.labellings
+                        if isinstance(t, Descriptions) and unit in t.rows()]
+        verified = [{"name": e.method + (f" · {e.source}" if e.source else ""), "auc": item.verified[id(e)].get(unit)}
+                    for e, _ in item.labellings if id(e) in item.verified and item.verified[id(e)].get(unit) is not None]
         cards.append({
             "unit": unit,
             "column": column,
@@ -302,15 +327,33 @@ def _cards(item: _Layer, top_images: int) -> list[dict[str, Any]]:
             "top": primary,
             "others": others,
             "explanations": explanations,
+            "descriptions": descriptions,
+            "verified": verified,
             # the search matches the unit's own ranking first (rank 1 = its label), then the other labellings
             "ranked": json.dumps([c.lower() for c, _ in primary]),
             "other_labels": json.dumps([[o["name"], o["concept"].lower()] for o in others]
-                                       + [[x["name"], c.lower()] for x in explanations for c, _ in x["terms"]]),
+                                       + [[x["name"], c.lower()] for x in explanations for c, _ in x["terms"]]
+                                       + [[d["name"], c.lower()] for d in descriptions for c, _ in d["labels"]]),
             "images": [
                 {"image_id": item.recorded.image_ids[i], "activation": float(values[i, column])} for i in order[:, column]
             ],
         })
     return cards
+
+
+def _described(entry: LabelEntry, table: Descriptions, unit: str, crop_size: int, generated: int = 5) -> dict[str, Any]:
+    """A unit's Describe-and-Dissect labels (top 3 with scores), the images it captioned (with their captions and
+    crops) and the images generated for its labels (the first ``generated`` of each)."""
+    rows = table.rows()[unit]
+    failure = table.failures().get(unit)
+    return {
+        "name": entry.method, "labels": table.ranked().get(unit, [])[:3],
+        "failure": f"{failure[0]}: {failure[1]}" if failure else None,
+        "captioned": [{"image_id": c["image_id"], "box": c["box"], "caption": c["caption"], "size": crop_size,
+                       "activation": c["activation"]} for c in rows[0]["captioned"]],
+        "generated": [{"ref": ref, "concept": r["concept"]} for r in rows[:3] if r["rank"] >= 0
+                      for ref in r["images"][:generated]],
+    }
 
 
 def _twin_page(

@@ -82,6 +82,36 @@ class Thumbnails:
                 picture.save(self.folder / name, format="PNG", optimize=False)
                 self.written[image.image_id] = name
 
+    def crop(self, image_id: str, box: tuple[int, int, int, int] | list[int], size: int) -> str | None:
+        """A crop of a probe image as Describe-and-Dissect captioned it (``box`` in the image resized to
+        ``size``²), written once; relative to the report root, or None when the image cannot be read."""
+        name = hashlib.sha1(f"{image_id}\0{tuple(box)}\0{size}".encode()).hexdigest()[:16] + ".png"
+        if not (self.folder / name).exists():
+            image = self.index.get(image_id)
+            data = self.probe.read_bytes([image])[0] if image is not None else ValueError("not in the probe set")
+            if isinstance(data, Exception):
+                return None
+            try:
+                with Image.open(io.BytesIO(data)) as opened:
+                    picture = opened.convert("RGB").resize((size, size)).crop(tuple(box))
+            except (OSError, ValueError):
+                return None
+            picture.thumbnail((MAX_SIDE, MAX_SIDE))
+            picture.save(self.folder / name, format="PNG", optimize=False)
+        return f"img/{name}"
+
+    def generated(self, ref: str, data: bytes | None) -> str | None:
+        """A generated image (PNG bytes from the call cache, named by its cache reference), written once."""
+        if not data:
+            return None
+        name = "gen-" + hashlib.sha1(ref.encode()).hexdigest()[:16] + ".png"
+        if not (self.folder / name).exists():
+            with Image.open(io.BytesIO(data)) as opened:
+                picture = opened.convert("RGB")
+            picture.thumbnail((MAX_SIDE, MAX_SIDE))
+            picture.save(self.folder / name, format="PNG", optimize=False)
+        return f"img/{name}"
+
     def path(self, image_id: str) -> str | None:
         """Relative to the report root, or None for an image that could not be read."""
         name = self.written.get(image_id)

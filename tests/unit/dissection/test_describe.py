@@ -5,6 +5,7 @@ loopback as summariser; the cache, replay, the call budget and every kind of fau
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from discover_ray import dissect, load_config, load_run, read_labels, read_verification, world
+from discover_ray import build_report, dissect, load_config, load_run, read_labels, read_verification, world
 from discover_ray.backends.base import BackendConfig, BackendError, Captioner, Generator, register_backend
 from discover_ray.backends.cache import CallCache, ReplayMiss
 from discover_ray.errors import ConfigError
@@ -145,6 +146,18 @@ def test_describe_and_verify_end_to_end_and_a_rerun_makes_no_backend_call(world_
     assert marker["calls"] > 0 and marker["dead"] == 1 and marker["failed"] == 0
     assert set(marker["backends"]) == {"captioner", "generator"}  # kind none: no summariser is built
     assert marker["backends"]["generator"]["kind"] == "world"
+
+    # the report: DnD's top 3 with scores, its captioned and generated images, each labelling's verification AUC
+    report = build_report(store, result.run_id, out=tmp_path / "report")
+    page = next(p for p in report.layers if "fc" in p)
+    html = (report.folder / page).read_text()
+    assert html.count('class="described"') == 4
+    assert html.count('class="thumbs captioned"') == 3 and html.count('class="thumbs generated"') == 3
+    assert "<h2>Verification</h2>" in html and "verification AUC: soft_wpmi · families" in html
+    assert "dead: no activating image" in html
+    for src in re.findall(r'src="\.\./(img/[^"]+)"', html):
+        assert (report.folder / src).is_file()
+    assert any("img/gen-" in src for src in re.findall(r'src="\.\./(img/[^"]+)"', html))
 
     # a changed selection parameter recomputes DESCRIBE, from the cache alone
     again = dissect(config(world_files, store.root, params={"top_generated": 5}), executor="local", console=QUIET)
