@@ -12,7 +12,11 @@ superclasses, and the tiny CLIP over the world's 22-concept vocabulary) and ever
 (c) CVN vs baseline: the same figures for each CVN and its non-competitive twin, side by side;
 (d) Linear Explanations: each unit's support (its weighted concepts) scored against the truth: the share of
     units whose support holds the truth's best concept, beside the chance of a random support of the same
-    length; and every labelling's simulation correlation on the test images of the run's split.
+    length; and every labelling's simulation correlation on the test images of the run's split;
+(e) Describe-and-Dissect (open vocabulary): on the final layer, the share of units whose label 1 names both
+    words of the unit's class; on hidden layers, the share whose label 1 names every word of the concept the
+    truth says explains the unit best; and every labelling's verification AUC (CoSy, the world's renderer
+    drawing each label) with the shuffled-label baseline.
 
 Prints one JSON object and a Markdown table (for the README).
 
@@ -49,7 +53,7 @@ def score(result, sizes: LoopSizes, seed: int) -> list[dict]:
         simulated = {(s.layer, s.source, s.method): s.correlation_mean for s in run.simulation if s.scoring == "correlation"}
         classifier = TARGETS[name]["layers"][-1]
         for entry in run.labels:
-            if entry.layer == classifier:
+            if entry.layer == classifier or entry.table == "descriptions":
                 continue
             recorded = read_activations(store, run, entry.model, entry.layer)
             order = [int(i.rsplit("/", 1)[1]) for i in recorded.image_ids]  # world/000123 → row 123
@@ -74,6 +78,36 @@ def score(result, sizes: LoopSizes, seed: int) -> list[dict]:
                 "final_top1": identification.get((entry.source, entry.method)),
                 "simulation_correlation": simulated.get((entry.layer, entry.source, entry.method)),
             })
+    return rows
+
+
+def describe_rows(result, sizes: LoopSizes, seed: int) -> list[dict]:
+    """(e): Describe-and-Dissect's label 1 against the world's truth, and the verification of every labelling."""
+    store = Store(result.store)
+    probe = world.generate(sizes.probe, seed=seed * 10 + 2)
+    truth = world.truth_matrix(probe).numpy()
+    vocabulary = list(world.concept_vocabulary())
+    rows = []
+    for name, target in result.targets.items():
+        run = load_run(store, target["run_id"])
+        classifier = TARGETS[name]["layers"][-1]
+        for entry in (e for e in run.labels if e.table == "descriptions"):
+            table = READERS[entry.table](store.committed(entry.dataset).read())
+            top = table.top()
+            recorded = read_activations(store, run, entry.model, entry.layer)
+            if entry.layer == classifier:
+                wanted = [world.class_names()[i].split() for i in range(len(recorded.units))]
+            else:
+                order = [int(i.rsplit("/", 1)[1]) for i in recorded.image_ids]
+                best = best_truth_concepts(recorded.values, truth[order])
+                wanted = [vocabulary[int(b)].split() for b in best]
+            named = [all(w in top.get(u, ("", 0))[0].split() for w in words) for u, words in zip(recorded.units, wanted,
+                                                                                                  strict=True)]
+            rows.append({"model": name, "layer": entry.layer, "units": len(recorded.units), "described": len(top),
+                         "label1_names_truth": sum(named), "share": sum(named) / len(named)})
+        for v in run.verification:
+            rows.append({"model": name, "layer": v.layer, "verified": v.method, "source": v.source,
+                         "auc": v.auc_mean, "auc_shuffled": v.auc_shuffled_mean, "mad": v.mad_mean, "units": v.scored})
     return rows
 
 
@@ -108,7 +142,8 @@ def main() -> None:
                           "hidden_agreement": [r["hidden_agreement"], base["hidden_agreement"]]})
     print(json.dumps({"seed": args.seed, "zero_shot": result.zero_shot,
                       "val_top1": {k: v["val_top1"] for k, v in result.targets.items()},
-                      "rows": rows, "cvn_vs_twin": pairs}, indent=1))
+                      "rows": rows, "cvn_vs_twin": pairs, "describe_and_dissect": describe_rows(result, sizes, args.seed)},
+                     indent=1))
     print(markdown(rows))
 
 
