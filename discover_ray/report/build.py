@@ -32,12 +32,12 @@ from discover_ray.analyze.active import (
     position_activity,
     read_activations,
 )
+from discover_ray.backends.cache import CallCache
 from discover_ray.errors import DatasetError, IncompatibleRuns, ReportFolderError, UnknownName
 from discover_ray.evaluate.sparsity import EPS, Sparsity
 from discover_ray.report import plots
 from discover_ray.report.thumbnails import ProbeMismatch, Thumbnails, open_run_probe
 from discover_ray.runs import LabelEntry, RunRecord, load_run
-from discover_ray.backends.cache import CallCache
 from discover_ray.runs.read import READERS, read_simulation, read_verification
 from discover_ray.schema import Descriptions, Explanations, Labels
 from discover_ray.store import Store
