@@ -24,6 +24,9 @@ def test_example_configs_validate(monkeypatch, tmp_path):
     monkeypatch.setenv("CVN_CHECKPOINT", str(tmp_path / "epoch_0003/model.safetensors"))
     cvn = load_config(REPO / "jobs/configs/cifar10_resnet20_cvn2.yaml")
     assert cvn.models[0].name == "cifar_resnet20_cvn2" and cvn.record.competition == "sample"
+    dnd = load_config(REPO / "jobs/configs/imagenet_resnet50_dnd.yaml")
+    assert dnd.backends.captioner.kind == "blip" and dnd.backends.summarizer.api_key_env == "LLM_API_KEY"
+    assert dnd.backends.generator.model == "CompVis/stable-diffusion-v1-4" and dnd.verify.images == 10
     le = load_config(REPO / "jobs/configs/cifar10_resnet20_le.yaml")
     assert le.reduce.methods == ["soft_wpmi", "linear_explanation"] and le.simulate is not None
     assert le.simulating() is le.simulate and le.splits.fractions == (0.7, 0.1, 0.2)

@@ -178,10 +178,12 @@ def test_replay_with_an_empty_cache_fails_naming_the_call(world_files, tmp_path)
         dissect(load_config(raw), executor="local", console=QUIET)
 
 
-def test_the_summariser_on_loopback_gives_the_labels_and_a_second_run_sends_it_nothing(world_files, tmp_path):
+def test_the_summariser_on_loopback_gives_the_labels_and_a_second_run_sends_it_nothing(world_files, tmp_path,
+                                                                                        monkeypatch):
+    monkeypatch.setenv("LOOPBACK_KEY", "sk-test-secret-4242")
     with LoopbackChatServer(summary_reply) as server:
-        summarizer = {"kind": "openai", "model": "loopback-llm", "base_url": server.base_url, "api_key_env": None,
-                      "retries": 0}
+        summarizer = {"kind": "openai", "model": "loopback-llm", "base_url": server.base_url,
+                      "api_key_env": "LOOPBACK_KEY", "retries": 0}
         cfg = config(world_files, tmp_path / "runs", summarizer=summarizer)
         result = dissect(cfg, executor="local", console=QUIET)
         asked = len(server.requests)
@@ -195,6 +197,9 @@ def test_the_summariser_on_loopback_gives_the_labels_and_a_second_run_sends_it_n
         dissect(config(world_files, tmp_path / "runs", summarizer=summarizer, params={"top_generated": 5}),
                 executor="local", console=QUIET)
         assert len(server.requests) == asked
+        assert set(server.seen_authorization) == {"Bearer sk-test-secret-4242"}  # the key went to the server...
+    written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file() and p.suffix in (".json", ".parquet", ".bin")]
+    assert written and not any(b"sk-test-secret-4242" in p.read_bytes() for p in written)  # ...and nowhere else
 
 
 @pytest.mark.parametrize("mode", ["down", "garbage", "error"])
