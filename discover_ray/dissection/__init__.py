@@ -97,6 +97,8 @@ def dissect(config: DissectConfig, *, executor: str | Executor | None = None, co
         attempt.record.executor = runner_executor.describe()
         attempt.finish("failed", f"{type(err).__name__}: {err}")
         raise
+    finally:
+        runner_executor.close()
     return DissectResult(plan.run_id, store.root, record)
 
 

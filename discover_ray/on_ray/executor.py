@@ -77,6 +77,16 @@ def _task(fn: Callable[[Any, Any], Any], payload: Any, task: Any, threads: int) 
     return fn(payload, task)
 
 
+@ray.remote
+class _Resident:
+    """A long-lived worker of a pool: the models its tasks load (memoised per process) stay loaded for the
+    next task and the next stage of the pool (DnD's captioner and generator, VERIFY's generator)."""
+
+    def run(self, fn: Callable[[Any, Any], Any], payload: Any, task: Any, threads: int) -> Any:
+        torch.set_num_threads(threads)
+        return fn(payload, task)
+
+
 class RayExecutor:
     name = "ray"
 
@@ -85,6 +95,7 @@ class RayExecutor:
         self._resources: Resources | None = None
         self._pool: Pool | None = None
         self._payload: tuple[tuple[str, ...], Any] | None = None
+        self._residents: dict[str, list[Any]] = {}
 
     @property
     def resources(self) -> Resources:
@@ -125,14 +136,31 @@ class RayExecutor:
             yield from assembler.run(chunks, on_images)
 
     def run_tasks(self, fn: Callable[[Any, Any], Any], payload: Any, payload_key: tuple[str, ...],
-                  tasks: list[Any]) -> list[Any]:
+                  tasks: list[Any], resident: str | None = None) -> list[Any]:
         resources = self.resources  # join (or start) the cluster first: a bare ray.put would join any stale one
         if self._payload is None or self._payload[0] != payload_key:
             self._payload = None
             self._payload = (payload_key, ray.put(payload))
         options = {"num_gpus": 1, "num_cpus": 1} if resources.has_gpu else {"num_cpus": 1}
         threads = self.config.torch_threads or max(1, int(resources.cpus))
+        if resident is not None:
+            pool = ray.util.ActorPool(self._resident_pool(resident, options))
+            return list(pool.map(lambda actor, task: actor.run.remote(fn, self._payload[1], task, threads), tasks))
         return ray.get([_task.options(**options).remote(fn, self._payload[1], task, threads) for task in tasks])
+
+    def _resident_pool(self, name: str, options: dict[str, Any]) -> list[Any]:
+        """One resident worker per GPU (one on a CPU-only cluster), started on first use, kept until ``close``."""
+        if name not in self._residents:
+            count = self.config.actors or (int(self.resources.gpus) if self.resources.has_gpu else 1)
+            self._residents[name] = [_Resident.options(**options).remote() for _ in range(max(1, count))]
+        return self._residents[name]
+
+    def close(self) -> None:
+        """Stop the resident workers (their reserved CPUs and GPUs go back to the cluster)."""
+        for actors in self._residents.values():
+            for actor in actors:
+                ray.kill(actor)
+        self._residents.clear()
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"executor": self.name}

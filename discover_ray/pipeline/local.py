@@ -35,8 +35,11 @@ class LocalExecutor:
             torch.set_num_threads(previous)
 
     def run_tasks(self, fn: Callable[[Any, Any], Any], payload: Any, payload_key: tuple[str, ...],
-                  tasks: list[Any]) -> list[Any]:
-        return [fn(payload, task) for task in tasks]
+                  tasks: list[Any], resident: str | None = None) -> list[Any]:
+        return [fn(payload, task) for task in tasks]  # this process is the resident worker
+
+    def close(self) -> None:
+        pass
 
     def describe(self) -> dict[str, Any]:
         return {"executor": self.name, "threads": self.threads}

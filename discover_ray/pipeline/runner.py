@@ -52,7 +52,9 @@ class Executor(Protocol):
                  on_images: Callable[[int], None]) -> Any: ...  # an iterator of ShardOutput
 
     def run_tasks(self, fn: Callable[[Any, Any], Any], payload: Any, payload_key: tuple[str, ...],
-                  tasks: list[Any]) -> list[Any]: ...
+                  tasks: list[Any], resident: str | None = None) -> list[Any]: ...
+
+    def close(self) -> None: ...
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -212,7 +214,7 @@ class Runner:
         for part in parts:
             work = stage.tasks(part, payload)
             tasks += len(work)
-            results = self.executor.run_tasks(type(stage).compute, payload, key, work)
+            results = self.executor.run_tasks(type(stage).compute, payload, key, work, type(stage).resident)
             tables = stage.assemble(part, results, payload)
             for output in stage.outputs:
                 if part in pending.get(output.name, []):

@@ -116,6 +116,9 @@ class TaskStage(Stage):
 
     kind = "task"
     compute: ClassVar[Callable[[Any, Any], Any]]
+    #: the name of a pool of long-lived workers that run this stage's tasks and keep what they load (models of
+    #: backends) between tasks and stages; None: plain tasks
+    resident: ClassVar[str | None] = None
 
     def payload_key(self) -> tuple[str, ...]:
         """Stages whose payload keys are equal share one loaded payload (the runner keeps the last)."""

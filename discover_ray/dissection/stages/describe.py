@@ -33,6 +33,7 @@ def target_ref(config: Any, model: PreparedModel, layer: str) -> TargetRef:
 
 class DescribeStage(ReduceStage):
     name = "DESCRIBE"
+    resident = "backends"  # workers that keep the captioner, LLM and generator loaded from task to task
 
     def __init__(self, *args: Any, backends: BackendSet, scorer: PreparedSource, target: TargetRef,
                  calls: int | None = None, **kwargs: Any):

@@ -71,6 +71,7 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
 class VerifyStage(TaskStage):
     name = "VERIFY"
     compute = staticmethod(draw_labels)
+    resident = "backends"  # the generator stays loaded in the workers DESCRIBE used
 
     def __init__(self, store: Store, labelling: ReduceStage, backends: BackendSet, target: TargetRef, images: int,
                  control: int, seed: int, probe_id: str, labels_per_task: int = 16):

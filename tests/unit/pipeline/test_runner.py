@@ -65,9 +65,9 @@ class CountingExecutor(LocalExecutor):
         self.tasks = 0
         self.passes: list[list[int]] = []
 
-    def run_tasks(self, fn, payload, payload_key, tasks):
+    def run_tasks(self, fn, payload, payload_key, tasks, resident=None):
         self.tasks += len(tasks)
-        return super().run_tasks(fn, payload, payload_key, tasks)
+        return super().run_tasks(fn, payload, payload_key, tasks, resident)
 
     def run_pass(self, model_pass, assembler, on_images):
         self.passes.append(list(model_pass.shards))
