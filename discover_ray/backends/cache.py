@@ -117,6 +117,11 @@ class CallCache:
             self.stats.hits += hits
             self.stats.misses += misses
 
+    def refuse(self, key: CallKey) -> None:
+        """Raise ``ReplayMiss`` for a call replay cannot answer."""
+        raise ReplayMiss(f"replay: no cached result for {key.describe()} (call {key.id}); run once without "
+                         "replay to fill the cache")
+
     def call(self, key: CallKey, compute: Callable[[], bytes]) -> bytes:
         """The cached result of ``key``, or ``compute()``'s, stored before it is returned."""
         found = self.get(key)
@@ -125,8 +130,7 @@ class CallCache:
                 self.stats.hits += 1
             return found
         if self.replay:
-            raise ReplayMiss(f"replay: no cached result for {key.describe()} (call {key.id}); run once without "
-                             "replay to fill the cache")
+            self.refuse(key)
         repaired = self.store.exists(self._paths(key)[1])
         data = compute()
         if not isinstance(data, bytes):

@@ -161,22 +161,27 @@ def _pools(units: list[int], top: dict[int, list[str]], images: dict[str, Image.
     ids = sorted({i for u in units for i in top[u][: settings.top_images] if i in images})
     maps = target.heatmaps([images[i] for i in ids], units) if ids and settings.crops > 0 else None
     row = {i: r for r, i in enumerate(ids)}
-    pools: dict[int, _Pool] = {}
+    entries: dict[int, list[tuple[str, tuple[int, int, int, int] | None, Image.Image]]] = {}
     for k, u in enumerate(units):
-        entries: list[tuple[str, tuple[int, int, int, int] | None, Image.Image]] = []
+        entries[u] = []
         for image_id in top[u][: settings.top_images]:
             if image_id not in images:
                 continue
             original = images[image_id]
-            entries.append((image_id, None, original.resize(size)))
+            entries[u].append((image_id, None, original.resize(size)))
             if maps is not None:
                 for crop in attention_crops(original, maps[row[image_id], k], target.region_of(*original.size),
-                                            size=settings.crop_size,
-                                            max_crops=settings.crops):
-                    entries.append((image_id, crop.box, crop.image))
-        acts = target.activations([e[2] for e in entries])[:, u] if entries else np.zeros(0)
-        order = np.argsort(-acts, kind="stable")[: settings.caption_images]
-        pools[u] = _Pool([(*entries[i], float(acts[i])) for i in order])
+                                            size=settings.crop_size, max_crops=settings.crops):
+                    entries[u].append((image_id, crop.box, crop.image))
+    flat = [e[2] for u in units for e in entries[u]]
+    acts = target.activations(flat) if flat else np.zeros((0, 0))  # one pass over every unit's pool
+    pools: dict[int, _Pool] = {}
+    start = 0
+    for u in units:
+        mine = acts[start : start + len(entries[u]), u] if entries[u] else np.zeros(0)
+        start += len(entries[u])
+        order = np.argsort(-mine, kind="stable")[: settings.caption_images]
+        pools[u] = _Pool([(*entries[u][i], float(mine[i])) for i in order])
     return pools
 
 
@@ -269,14 +274,19 @@ def _select(units: list[int], drawn: dict[int, list[tuple[str, list[GeneratedIma
             spans[u].append((start, len(flat)))
     acts = target.activations(flat) if flat else np.zeros((0, 0))
     emb = scorer(flat) if flat else np.zeros((0, 1))
+    captioned = [item[2] for u in units for item in pools[u].items]
+    captioned_emb = scorer(captioned) if captioned else np.zeros((0, 1))
+    first, at = {}, 0
+    for u in units:
+        first[u], at = at, at + len(pools[u].items)
     for u in units:
         owner = np.concatenate([np.full(b - a, c) for c, (a, b) in enumerate(spans[u])]).astype(np.int64)
         rows = np.concatenate([np.arange(a, b) for a, b in spans[u]]).astype(np.int64)
         if not len(rows):
             out[u].fail("failed", "the generator drew no candidate: every candidate is outside what it can draw")
-        top_emb = scorer([item[2] for item in pools[u].items])
-        chosen = select_candidates(acts[rows, u] if len(rows) else np.zeros(0), owner, len(spans[u]), top_emb,
-                                   emb[rows] if len(rows) else np.zeros((0, top_emb.shape[1])), beta=settings.beta,
+            continue
+        top_emb = captioned_emb[first[u] : first[u] + len(pools[u].items)]
+        chosen = select_candidates(acts[rows, u], owner, len(spans[u]), top_emb, emb[rows], beta=settings.beta,
                                    top=settings.top_generated)
         out[u].candidates = [
             CandidateResult(drawn[u][c][0], [f"{g.key.backend}/{g.key.id}" for g in (drawn[u][c][1] or [])],

@@ -130,6 +130,14 @@ def _results(plan: Plan, record: RunRecord, executor: Executor) -> RunRecord:
             auc_shuffled_mean=marker.get("auc_shuffled_mean"), units=marker.get("units", 0),
             scored=marker.get("scored", 0), undrawable=marker.get("undrawable", []), failed=marker.get("failed", {}),
             dataset=stage.dataset.relative))
+    backends: dict[str, Any] = {}
+    for stage in plan.reduces:
+        if stage.name == "DESCRIBE":
+            backends.update((stage.dataset.marker() or {}).get("backends", {}))
+    for stage in plan.verifications:
+        generator = (stage.dataset.marker() or {}).get("generator")
+        if generator:
+            backends.setdefault("verify_generator", generator)
     failed: dict[str, str] = {}
     for stage in plan.stages:
         if stage.name in ("RECORD", "EMBED", "DECODE"):
@@ -137,7 +145,7 @@ def _results(plan: Plan, record: RunRecord, executor: Executor) -> RunRecord:
                 for image_id, reason, _ in (output.dataset.marker() or {}).get("failed", []):
                     failed.setdefault(image_id, reason)
     return record.model_copy(update={
-        "identification": identification, "simulation": simulation, "verification": verification,
+        "identification": identification, "simulation": simulation, "verification": verification, "backends": backends,
         "executor": executor.describe(),
         "failed_images": [FailedImage(image_id=i, reason=r) for i, r in sorted(failed.items())],
     })

@@ -176,6 +176,8 @@ class RunRecord(_Record):
     splits: SplitInfo | None = None
     simulation: list[SimulationEntry] = Field(default_factory=list)
     verification: list[VerificationEntry] = Field(default_factory=list)
+    #: the model backends the run called, as built: role → kind, model, revision, parameters (never a secret)
+    backends: dict[str, Any] = Field(default_factory=dict)
     failed_images: list[FailedImage] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list)  # every dataset the plan names (kept by `discover gc`)
     stages: list[StageEvent] = Field(default_factory=list)

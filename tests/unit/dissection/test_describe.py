@@ -139,6 +139,8 @@ def test_describe_and_verify_end_to_end_and_a_rerun_makes_no_backend_call(world_
     # a third of the control images show the unit's own colour, so a perfect label's AUC is 1 − ⅓·½ ≈ 0.83
     assert truth.auc_mean > 0.8 and truth.auc_shuffled_mean < 0.5 and truth.scored == 3  # the dead unit: no score
     assert read_verification(store, record, labels_of(result, "fc", "soft_wpmi")[0])["u00003"] is None
+    assert record.backends["captioner"]["kind"] == "clip_retrieval" and record.backends["generator"]["kind"] == "world"
+    assert record.backends["verify_generator"]["params"] == {"size": 32}
     described = verified[("fc", "describe_and_dissect", "")]
     assert described.auc_mean is not None and 0 <= described.auc_mean <= 1
 
@@ -158,6 +160,17 @@ def test_describe_and_verify_end_to_end_and_a_rerun_makes_no_backend_call(world_
     for src in re.findall(r'src="\.\./(img/[^"]+)"', html):
         assert (report.folder / src).is_file()
     assert any("img/gen-" in src for src in re.findall(r'src="\.\./(img/[^"]+)"', html))
+
+    # the CLI: DnD's top 3 per unit, the units it could not describe, and each labelling's verification AUC
+    from typer.testing import CliRunner
+
+    from discover_ray.cli import app
+
+    printed = CliRunner().invoke(app, ["labels", result.run_id, "--layer", "fc", "--store", store.root], terminal_width=200)
+    assert printed.exit_code == 0, printed.output
+    assert "label 1" in printed.output and "labels 2–3" in printed.output and "AUC" in printed.output
+    assert "u00003: dead: no activating image" in printed.output
+    assert ranked["u00000"][0][0][:20] in printed.output
 
     # a changed selection parameter recomputes DESCRIBE, from the cache alone
     again = dissect(config(world_files, store.root, params={"top_generated": 5}), executor="local", console=QUIET)
