@@ -10,26 +10,27 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from PIL import Image
 from pydantic import Field
 
 from discover_ray.backends.base import (
-    BackendConfig,
     BackendContext,
     BackendError,
     BackendIdentity,
     Captioner,
     register_backend,
 )
-from discover_ray.backends.hub import check_available, dtype_name, load_pretrained, torch_dtype
+from discover_ray.backends.hub import HubModelConfig, dtype_name, load_pretrained, torch_dtype
 
 __all__ = ["BlipCaptioner", "BlipConfig"]
 
 
-class BlipConfig(BackendConfig):
+class BlipConfig(HubModelConfig):
     """``backends.captioner`` with ``kind: blip``."""
+
+    what: ClassVar[str] = "captioner model"
 
     kind: Literal["blip"] = "blip"
     model: str = Field(default="Salesforce/blip-image-captioning-base", min_length=1)  # a local directory or hub id
@@ -40,9 +41,6 @@ class BlipConfig(BackendConfig):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # Conditional captioning: the caption continues this text (and starts with it); None: unconditional.
     prompt: str | None = None
-
-    def check(self) -> None:
-        check_available(self.model, self.revision, "captioner model")
 
 
 @register_backend

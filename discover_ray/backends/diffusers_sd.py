@@ -12,26 +12,27 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from PIL import Image
 from pydantic import Field, field_validator
 
 from discover_ray.backends.base import (
-    BackendConfig,
     BackendContext,
     BackendError,
     BackendIdentity,
     Generator,
     register_backend,
 )
-from discover_ray.backends.hub import accelerate_kwargs, check_available, dtype_name, load_pretrained, torch_dtype
+from discover_ray.backends.hub import HubModelConfig, accelerate_kwargs, dtype_name, load_pretrained, torch_dtype
 
 __all__ = ["DiffusersConfig", "DiffusersGenerator"]
 
 
-class DiffusersConfig(BackendConfig):
+class DiffusersConfig(HubModelConfig):
     """``backends.generator`` with ``kind: diffusers``."""
+
+    what: ClassVar[str] = "generator pipeline"
 
     kind: Literal["diffusers"] = "diffusers"
     model: str = Field(default="CompVis/stable-diffusion-v1-4", min_length=1)  # a local directory or hub id
@@ -59,9 +60,6 @@ class DiffusersConfig(BackendConfig):
         if size % 8:
             raise ValueError(f"size must be a multiple of 8 (Stable Diffusion's VAE downsamples by 8), not {size}")
         return size
-
-    def check(self) -> None:
-        check_available(self.model, self.revision, "generator pipeline")
 
 
 @register_backend

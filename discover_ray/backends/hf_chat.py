@@ -11,34 +11,32 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from discover_ray.backends.base import (
-    BackendConfig,
     BackendContext,
     BackendError,
     BackendIdentity,
     Summarizer,
     register_backend,
 )
-from discover_ray.backends.hub import check_available, dtype_name, load_pretrained, torch_dtype
+from discover_ray.backends.hub import HubModelConfig, dtype_name, load_pretrained, torch_dtype
 
 __all__ = ["TransformersChatConfig", "TransformersSummarizer"]
 
 
-class TransformersChatConfig(BackendConfig):
+class TransformersChatConfig(HubModelConfig):
     """``backends.summarizer`` with ``kind: transformers``."""
+
+    what: ClassVar[str] = "summariser model"
 
     kind: Literal["transformers"] = "transformers"
     model: str = Field(min_length=1)  # a local directory or a hub id of an instruct (chat) model
     revision: str | None = None
     max_new_tokens: int = Field(default=32, ge=1)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-
-    def check(self) -> None:
-        check_available(self.model, self.revision, "summariser model")
 
 
 @register_backend

@@ -19,8 +19,9 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from discover_ray.backends.base import BackendConfig
 from discover_ray.errors import WeightsUnavailableError
 
 if TYPE_CHECKING:
@@ -180,6 +181,16 @@ def check_available(name: str, revision: str | None, what: str) -> None:
         raise WeightsUnavailableError(
             f"the {what} {name!r}{at} is not in the local Hugging Face cache and cannot be downloaded: {reason}; "
             f"{_how_to_fix(name, revision)}") from cached_error
+
+
+class HubModelConfig(BackendConfig):
+    """A backend section whose ``model`` is a Hugging Face model (a local directory or a hub id): checked on the
+    driver, before any work, with ``check_available``."""
+
+    what: ClassVar[str] = "model"
+
+    def check(self) -> None:
+        check_available(self.model or "", self.revision, self.what)
 
 
 def torch_dtype(name: str, device: str) -> torch.dtype:

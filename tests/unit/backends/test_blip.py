@@ -17,15 +17,9 @@ from discover_ray.backends.base import BackendContext, BackendError, build_backe
 from discover_ray.backends.blip import BlipCaptioner, BlipConfig
 from discover_ray.backends.hub import load_pretrained, torch_dtype
 from discover_ray.errors import ConfigError, WeightsUnavailableError
-from tests.tiny_hf import CLOSED_ENDPOINT, hub_resolves, isolated_hub, save_tiny_blip, single_torch_thread
+from tests.tiny_hf import CLOSED_ENDPOINT, hub_resolves, isolated_hub, save_tiny_blip
 
 HUB_NAME = "Salesforce/blip-image-captioning-base"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    with single_torch_thread():  # tiny models: threads only wait for each other on a busy machine
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,13 @@ import discover_ray.backends.diffusers_sd  # noqa: F401  (registers kind "diffus
 from discover_ray.backends.base import BackendContext, BackendError, build_backend, parse_backend
 from discover_ray.backends.diffusers_sd import DiffusersConfig, DiffusersGenerator
 from discover_ray.errors import ConfigError, WeightsUnavailableError
-from tests.tiny_hf import CLOSED_ENDPOINT, hub_resolves, isolated_hub, save_tiny_sd, single_torch_thread
+from tests.tiny_hf import CLOSED_ENDPOINT, hub_resolves, isolated_hub, save_tiny_sd
 
 HUB_NAME = "CompVis/stable-diffusion-v1-4"
 PROMPT = "a red dog on a blue car"
 
 # diffusers 0.42's DPM-Solver turns a torch tensor into numpy with np.array(...), which numpy 2 warns about.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    with single_torch_thread():  # tiny models: threads only wait for each other on a busy machine
-        yield
 
 
 @pytest.fixture(scope="module")
