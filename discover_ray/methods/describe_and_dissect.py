@@ -5,6 +5,8 @@ decodes its units' top images, rebuilds the target model at the layer and the ru
 worker process) and runs ``describe.describe_units``. Every backend call goes through the run's call cache,
 so a re-run makes no call. Units whose calls fail are recorded as failed; more than ``failure_budget`` of
 the chosen units failing fails the layer (the cached calls stay, so a re-run only makes the missing ones).
+Within the budget the layer's descriptions are committed with the failed units marked; ``retry: 1`` (2, …)
+describes them again under a new key, every call that succeeded answered from the cache.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ class DescribeAndDissectParams(Strict):
     unit_chunk: int = Field(16, ge=1, description="units per task")
     concurrency: int = Field(8, ge=1, description="LLM calls in flight per task")
     failure_budget: float = Field(0.1, ge=0, le=1, description="fraction of the chosen units that may fail")
+    retry: int = Field(0, ge=0, description="raise it to describe again units that failed (a committed description "
+                       "is never rewritten; every call that succeeded comes from the cache)")
 
     @field_validator("units")
     @classmethod

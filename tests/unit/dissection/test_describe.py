@@ -234,6 +234,14 @@ def test_a_failing_llm_fails_its_units_within_the_budget_and_nothing_cached_is_c
     assert load_run(result.store, result.run_id).status == "succeeded"
     entries, bad = CallCache(result.store).check()
     assert entries > 0 and bad == []  # every cached entry is intact
+    # the server is back: a retry describes the failed units, the captions from the cache
+    with LoopbackChatServer(summary_reply) as server:
+        summarizer = {"kind": "openai", "model": "m", "base_url": server.base_url, "api_key_env": None}
+        retried = dissect(config(world_files, tmp_path / "runs", summarizer=summarizer,
+                                 params={"failure_budget": 1.0, "retry": 1}), executor="local", console=QUIET)
+    entry, table = labels_of(retried, "fc")
+    assert set(table.ranked()) == {"u00000", "u00001", "u00002"}
+    assert Store(retried.store).committed(entry.dataset).marker()["cache_hits"] > 0
 
 
 def test_a_generator_that_raises_and_a_captioner_with_empty_captions_fail_only_their_units(world_files, tmp_path):
