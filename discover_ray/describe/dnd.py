@@ -9,9 +9,11 @@
    candidate); the unit's activations on them give TopK-Squared, CLIP embeddings give Image-Products
    (``describe.select``); the best candidates are the unit's labels.
 
-The steps run for all units of the chunk together (one captioning batch, concurrent LLM calls, one pass of
-the target over all generated images), so a GPU backend sees batches and a remote LLM many requests in
-flight. A unit whose backend calls fail is recorded as failed with the reason; the others go on.
+Steps 1–2 (``propose``) run for a chunk of units together (one captioning batch, every unit's LLM calls in
+flight at once); step 3's work items are (unit, candidate) pairs (``draw``: their images, then one pass of
+the target and the scorer over all of them), so the DESCRIBE stage can spread them over its workers;
+``choose`` orders each unit's candidates. ``describe_units`` runs the three in one process. A unit whose
+backend calls fail is recorded as failed with the reason; the others go on.
 """
 
 from __future__ import annotations
@@ -107,13 +109,50 @@ def seed_for(*parts: object) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+@dataclass
+class Proposal:
+    """Steps 1–2 for one unit: its description so far (captions, summaries; or why it failed) and its candidate
+    concepts, with the CLIP embeddings of the images it captioned (Image-Products reads them)."""
+
+    description: UnitDescription
+    candidates: list[str] = field(default_factory=list)
+    captioned_embeddings: np.ndarray | None = None  # [captioned, d]
+
+
+@dataclass
+class Drawing:
+    """Step 3 for one (unit, candidate): its generated images (cache references; None when the generator cannot
+    draw it), the unit's activations on them [Q] and their CLIP embeddings [Q, d]; ``error`` when it failed."""
+
+    unit: int
+    concept: str
+    refs: list[str] | None
+    activations: np.ndarray
+    embeddings: np.ndarray
+    error: str | None = None
+
+
 def describe_units(units: Sequence[int], top: dict[int, list[str]], images: dict[str, Image.Image],
                    target: TargetLayer, captioner: CachedCaptioner, summarizer: CachedSummarizer | None,
                    generator: CachedGenerator, scorer: ImageScorer, settings: DescribeSettings,
                    seed_parts: tuple[object, ...], timings: dict[str, float] | None = None) -> list[UnitDescription]:
     """Describe every unit of ``units`` (``top[u]``: its top probe image ids, best first, [] when it never
-    activates; ``images``: those images decoded). ``seed_parts`` name the run and layer in every seed;
-    ``timings`` (step → seconds) is added to, for benchmarks and the stage's event."""
+    activates; ``images``: those images decoded): ``propose``, ``draw`` every (unit, candidate), ``choose``.
+    ``seed_parts`` name the run and layer in every seed; ``timings`` (step → seconds) is added to."""
+    proposals = propose(units, top, images, target, captioner, summarizer, scorer, settings, seed_parts, timings)
+    drawings = draw(candidate_pairs(proposals), target, generator, scorer, settings, seed_parts, timings)
+    by_unit: dict[int, list[Drawing]] = {}
+    for d in drawings:
+        by_unit.setdefault(d.unit, []).append(d)
+    return [choose(p, by_unit.get(p.description.unit, []), settings) for p in proposals]
+
+
+def propose(units: Sequence[int], top: dict[int, list[str]], images: dict[str, Image.Image], target: TargetLayer,
+            captioner: CachedCaptioner, summarizer: CachedSummarizer | None, scorer: ImageScorer,
+            settings: DescribeSettings, seed_parts: tuple[object, ...],
+            timings: dict[str, float] | None = None) -> list[Proposal]:
+    """Steps 1–2 for a chunk of units: pools with crops, one captioning batch, the summaries of every unit
+    (LLM calls in flight together), the candidates, and one scorer pass over every captioned image."""
     timings = timings if timings is not None else {}
     out = {u: UnitDescription(u) for u in units}
     with _timed(timings, "crops"):
@@ -122,15 +161,82 @@ def describe_units(units: Sequence[int], top: dict[int, list[str]], images: dict
         _caption(pools, out, captioner)
     with _timed(timings, "summarise"):
         texts = _summaries(pools, out, summarizer, settings, seed_parts)
+    proposals = {u: Proposal(out[u]) for u in units}
     for u, found in texts.items():
-        if out[u].status == "ok" and not candidates_from(found):
+        proposals[u].candidates = candidates_from(found)
+        if out[u].status == "ok" and not proposals[u].candidates:
             out[u].fail("failed", "no candidate concept: every caption and summary was empty")
-    live = [u for u in texts if out[u].status == "ok"]
-    with _timed(timings, "generate"):
-        drawn = _generate(live, texts, out, generator, settings, seed_parts)
+    live = [u for u in units if out[u].status == "ok"]
     with _timed(timings, "select"):
-        _select(live, drawn, pools, out, target, scorer, settings)
-    return [out[u] for u in units]
+        flat = [item[2] for u in live for item in pools[u].items]
+        emb = scorer(flat) if flat else np.zeros((0, 1), np.float32)
+        at = 0
+        for u in live:
+            proposals[u].captioned_embeddings = emb[at : at + len(pools[u].items)]
+            at += len(pools[u].items)
+    return [proposals[u] for u in units]
+
+
+def candidate_pairs(proposals: Sequence[Proposal]) -> list[tuple[int, str]]:
+    """Every (unit, candidate) of the units still being described: the work items of step 3."""
+    return [(p.description.unit, c) for p in proposals if p.description.status == "ok" for c in p.candidates]
+
+
+def draw(pairs: Sequence[tuple[int, str]], target: TargetLayer, generator: CachedGenerator, scorer: ImageScorer,
+         settings: DescribeSettings, seed_parts: tuple[object, ...],
+         timings: dict[str, float] | None = None) -> list[Drawing]:
+    """Step 3 for (unit, candidate) pairs: ``images_per_candidate`` images of each, seeded per pair, then one
+    target pass and one scorer pass over all of them. A generator failure is that pair's ``error``."""
+    timings = timings if timings is not None else {}
+    found: list[tuple[int, str, list[GeneratedImage] | None, str | None]] = []
+    with _timed(timings, "generate"):
+        for unit, concept in pairs:
+            base = seed_for(*seed_parts, "generate", unit, concept)
+            seeds = [(base + i) & 0x7FFFFFFF for i in range(settings.images_per_candidate)]
+            try:
+                found.append((unit, concept, generator.generate(concept, seeds), None))
+            except BackendError as err:
+                found.append((unit, concept, None, str(err)))
+    with _timed(timings, "select"):
+        flat = [g.image for _, _, drawn, _ in found for g in (drawn or [])]
+        acts = target.activations(flat) if flat else np.zeros((0, 0), np.float32)
+        emb = scorer(flat) if flat else np.zeros((0, 1), np.float32)
+    out, at = [], 0
+    for unit, concept, drawn, error in found:
+        n = len(drawn or [])
+        out.append(Drawing(unit, concept, None if drawn is None else [f"{g.key.backend}/{g.key.id}" for g in drawn],
+                           acts[at : at + n, unit] if n else np.zeros(0, np.float32),
+                           emb[at : at + n] if n else np.zeros((0, emb.shape[1]), np.float32), error))
+        at += n
+    return out
+
+
+def choose(proposal: Proposal, drawings: Sequence[Drawing], settings: DescribeSettings) -> UnitDescription:
+    """The unit's candidates ordered by TopK-Squared × Image-Products (``describe.select``), best first."""
+    unit = proposal.description
+    if unit.status != "ok":
+        return unit
+    failed = [d for d in drawings if d.error]
+    if failed:
+        return unit.fail("failed", f"generating: {failed[0].error}")
+    mine = {d.concept: d for d in drawings}
+    missing = [c for c in proposal.candidates if c not in mine]
+    if missing:
+        return unit.fail("failed", f"generating: no images were drawn for {missing[:3]}")
+    ordered = [mine[c] for c in proposal.candidates]
+    if not any(d.refs for d in ordered):
+        return unit.fail("failed", "the generator drew no candidate: every candidate is outside what it can draw")
+    owner = np.concatenate([np.full(len(d.activations), c) for c, d in enumerate(ordered)]).astype(np.int64)
+    top_emb = proposal.captioned_embeddings
+    assert top_emb is not None
+    chosen = select_candidates(np.concatenate([d.activations for d in ordered]), owner, len(ordered), top_emb,
+                               np.concatenate([d.embeddings for d in ordered if len(d.embeddings)]),
+                               beta=settings.beta, top=settings.top_generated)
+    unit.candidates = [CandidateResult(ordered[c].concept, ordered[c].refs or [], bool(chosen.drawn[c]),
+                                       float(chosen.topk_score[c]), int(chosen.ordinal[c]),
+                                       float(chosen.image_products[c]), float(chosen.score[c]))
+                       for c in chosen.order]
+    return unit
 
 
 @contextlib.contextmanager
@@ -238,58 +344,3 @@ def _summaries(pools: dict[int, _Pool], out: dict[int, UnitDescription], summari
                 out[u].summaries = result
                 found[u] = result
     return found
-
-
-def _generate(units: list[int], texts: dict[int, list[str]], out: dict[int, UnitDescription],
-              generator: CachedGenerator, settings: DescribeSettings,
-              seed_parts: tuple[object, ...]) -> dict[int, list[tuple[str, list[GeneratedImage] | None]]]:
-    """(unit, candidate) → its images (None: the generator cannot draw it); a generator failure fails the unit."""
-    drawn: dict[int, list[tuple[str, list[GeneratedImage] | None]]] = {}
-    for u in units:
-        results = []
-        try:
-            for concept in candidates_from(texts[u]):
-                base = seed_for(*seed_parts, "generate", u, concept)
-                seeds = [(base + i) & 0x7FFFFFFF for i in range(settings.images_per_candidate)]
-                results.append((concept, generator.generate(concept, seeds)))
-        except BackendError as err:
-            out[u].fail("failed", f"generating: {err}")
-            continue
-        drawn[u] = results
-    return drawn
-
-
-def _select(units: list[int], drawn: dict[int, list[tuple[str, list[GeneratedImage] | None]]],
-            pools: dict[int, _Pool], out: dict[int, UnitDescription], target: TargetLayer, scorer: ImageScorer,
-            settings: DescribeSettings) -> None:
-    """One pass of the target and the scorer over every generated and captioned image, then each unit's choice."""
-    units = [u for u in units if u in drawn]
-    flat: list[Image.Image] = []
-    spans: dict[int, list[tuple[int, int]]] = {}
-    for u in units:
-        spans[u] = []
-        for _, found in drawn[u]:
-            start = len(flat)
-            flat.extend(g.image for g in (found or []))
-            spans[u].append((start, len(flat)))
-    acts = target.activations(flat) if flat else np.zeros((0, 0))
-    emb = scorer(flat) if flat else np.zeros((0, 1))
-    captioned = [item[2] for u in units for item in pools[u].items]
-    captioned_emb = scorer(captioned) if captioned else np.zeros((0, 1))
-    first, at = {}, 0
-    for u in units:
-        first[u], at = at, at + len(pools[u].items)
-    for u in units:
-        owner = np.concatenate([np.full(b - a, c) for c, (a, b) in enumerate(spans[u])]).astype(np.int64)
-        rows = np.concatenate([np.arange(a, b) for a, b in spans[u]]).astype(np.int64)
-        if not len(rows):
-            out[u].fail("failed", "the generator drew no candidate: every candidate is outside what it can draw")
-            continue
-        top_emb = captioned_emb[first[u] : first[u] + len(pools[u].items)]
-        chosen = select_candidates(acts[rows, u], owner, len(spans[u]), top_emb, emb[rows], beta=settings.beta,
-                                   top=settings.top_generated)
-        out[u].candidates = [
-            CandidateResult(drawn[u][c][0], [f"{g.key.backend}/{g.key.id}" for g in (drawn[u][c][1] or [])],
-                            bool(chosen.drawn[c]), float(chosen.topk_score[c]), int(chosen.ordinal[c]),
-                            float(chosen.image_products[c]), float(chosen.score[c]))
-            for c in chosen.order]

@@ -3,8 +3,9 @@
 A method names its parameter model, what it ``needs`` from the pipeline and which table it ``writes``
 (a kind of ``discover_ray.schema``). Its work on one layer is a list of plain ``tasks`` (e.g. shards of
 the concept axis, chunks of neurons), each run by ``run`` anywhere (in this process or in a Ray task) on
-the layer's ``LayerInputs``; ``assemble`` turns their results into the table and the extra facts
-(e.g. neuron identification) that go into the dataset's marker.
+the layer's ``LayerInputs``; ``follow_up`` may ask for a further round that needs their results (e.g.
+Describe-and-Dissect's (unit, candidate) items after its units' candidates); ``assemble`` turns all results
+into the table and the extra facts (e.g. neuron identification) that go into the dataset's marker.
 """
 
 from __future__ import annotations
@@ -157,6 +158,10 @@ class Method:
 
     def run(self, task: Any, inputs: LayerInputs, params: BaseModel) -> Any:
         raise NotImplementedError
+
+    def follow_up(self, results: list[Any], inputs: LayerInputs, params: BaseModel) -> Sequence[Any]:
+        """Tasks of a further round that need the results so far (all rounds, in order); none by default."""
+        return []
 
     def assemble(self, results: list[Any], inputs: LayerInputs, params: BaseModel) -> MethodOutput:
         raise NotImplementedError

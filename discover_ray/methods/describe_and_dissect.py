@@ -1,9 +1,11 @@
 """Describe-and-Dissect as a method: open-vocabulary descriptions of neurons, without a concept set.
 
-A layer's chosen units are cut into chunks (``unit_chunk`` units per task); each task opens the probe set,
-decodes its units' top images, rebuilds the target model at the layer and the run's backends (once per
-worker process) and runs ``describe.describe_units``. Every backend call goes through the run's call cache,
-so a re-run makes no call. Units whose calls fail are recorded as failed; more than ``failure_budget`` of
+Two rounds of work items. First the layer's chosen units in chunks (``unit_chunk`` per task): each opens
+the probe set, decodes its units' top images, and runs ``describe.propose`` (crops, captions, summaries,
+candidates). Then every (unit, candidate) pair, in chunks of ``draw_chunk``: ``describe.draw`` (its images,
+the target's activations on them, their CLIP embeddings). ``assemble`` chooses each unit's labels. Tasks
+rebuild the target at the layer and the run's backends once per worker process. Every backend call goes
+through the run's call cache, so a re-run makes no call. Units whose calls fail are recorded as failed; more than ``failure_budget`` of
 the chosen units failing fails the layer (the cached calls stay, so a re-run only makes the missing ones).
 Within the budget the layer's descriptions are committed with the failed units marked; ``retry: 1`` (2, …)
 describes them again under a new key, every call that succeeded answered from the cache.
@@ -70,7 +72,8 @@ class DescribeAndDissectParams(Strict):
     temperature: float = Field(0.3, ge=0)
     scorer: str | None = Field(None, description="the CLIP concept source whose image tower scores Image-Products "
                                "(default: the run's first CLIP source)")
-    unit_chunk: int = Field(16, ge=1, description="units per task")
+    unit_chunk: int = Field(16, ge=1, description="units per task of the first round (captions, summaries)")
+    draw_chunk: int = Field(32, ge=1, description="(unit, candidate) pairs per task of the second round (images)")
     concurrency: int = Field(8, ge=1, description="LLM calls in flight per task")
     failure_budget: float = Field(0.1, ge=0, le=1, description="fraction of the chosen units that may fail")
     retry: int = Field(0, ge=0, description="raise it to describe again units that failed (a committed description "
@@ -86,8 +89,18 @@ class DescribeAndDissectParams(Strict):
 
 @dataclass(frozen=True)
 class UnitChunk:
+    """First-round work: some units of the layer."""
+
     units: tuple[int, ...]
     calls: int | None  # this chunk's share of the run's call budget
+
+
+@dataclass(frozen=True)
+class DrawChunk:
+    """Second-round work: some (unit, candidate) pairs."""
+
+    pairs: tuple[tuple[int, str], ...]
+    calls: int | None
 
 
 @register_method
@@ -113,28 +126,50 @@ class DescribeAndDissect(Method):
         chunks = [tuple(chosen[s : s + params.unit_chunk]) for s in range(0, len(chosen), params.unit_chunk)]
         return [UnitChunk(c, None if calls is None else int(calls * len(c) // max(1, len(chosen)))) for c in chunks]
 
-    def run(self, task: UnitChunk, inputs: LayerInputs, params: Any) -> dict[str, Any]:
+    def follow_up(self, results: list[Any], inputs: LayerInputs, params: Any) -> list[DrawChunk]:
+        if any("drawings" in r for r in results):
+            return []
+        from discover_ray.describe import candidate_pairs
+
+        pairs = candidate_pairs([p for r in results for p in r["proposals"]])
+        budget = inputs.extra.get("calls")
+        left = None if budget is None else max(0, budget - sum(r["calls"] for r in results))
+        chunks = [tuple(pairs[s : s + params.draw_chunk]) for s in range(0, len(pairs), params.draw_chunk)]
+        return [DrawChunk(c, None if left is None else int(left * len(c) // max(1, len(pairs)))) for c in chunks]
+
+    def run(self, task: UnitChunk | DrawChunk, inputs: LayerInputs, params: Any) -> dict[str, Any]:
         from discover_ray.backends.limits import CallBudget
-        from discover_ray.describe import DescribeSettings, describe_units
+        from discover_ray.describe import draw, propose
         from discover_ray.describe.scorer import clip_scorer
 
-        top = _top_images(inputs.activations, inputs.image_ids, task.units, params.top_images)
-        images = _decode(inputs.probe, sorted({i for ids in top.values() for i in ids}))
         budget = CallBudget(task.calls) if task.calls is not None else None
         backends = inputs.backends.build(budget)
-        settings = DescribeSettings(params.top_images, params.crops, params.crop_size, params.caption_images,
-                                    params.summaries, params.images_per_candidate, params.beta, params.top_generated,
-                                    params.temperature, 3, params.concurrency)
+        settings = _settings(params)
+        seed_parts = (inputs.settings.seed, inputs.model, inputs.layer)
         timings: dict[str, float] = {}
-        described = describe_units(list(task.units), top, images, inputs.target.probe(), backends.captioner,
-                                   backends.summarizer, backends.generator, clip_scorer(inputs.scorer), settings,
-                                   (inputs.settings.seed, inputs.model, inputs.layer), timings)
+        scorer, target = clip_scorer(inputs.scorer), inputs.target.probe()
+        if isinstance(task, DrawChunk):
+            found: dict[str, Any] = {"drawings": draw(list(task.pairs), target, backends.generator, scorer, settings,
+                                                      seed_parts, timings)}
+        else:
+            top = _top_images(inputs.activations, inputs.image_ids, task.units, params.top_images)
+            images = _decode(inputs.probe, sorted({i for ids in top.values() for i in ids}))
+            found = {"proposals": propose(list(task.units), top, images, target, backends.captioner,
+                                          backends.summarizer, scorer, settings, seed_parts, timings)}
         stats = backends.cache.stats
-        return {"described": described, "hits": stats.hits, "calls": stats.misses, "timings": timings,
+        return {**found, "hits": stats.hits, "calls": stats.misses, "timings": timings,
                 "backends": backends.identities()}
 
     def assemble(self, results: list[Any], inputs: LayerInputs, params: Any) -> MethodOutput:
-        described = [d for r in results for d in r["described"]]
+        from discover_ray.describe import choose
+
+        drawings: dict[int, list[Any]] = {}
+        for r in results:
+            for d in r.get("drawings", []):
+                drawings.setdefault(d.unit, []).append(d)
+        settings = _settings(params)
+        described = [choose(p, drawings.get(p.description.unit, []), settings) for r in results
+                     for p in r.get("proposals", [])]
         names = unit_names(inputs.units, inputs.block_size)
         failed = [d for d in described if d.status == "failed"]
         if described and len(failed) > params.failure_budget * len(described):
@@ -153,9 +188,17 @@ class DescribeAndDissect(Method):
                   "dead": sum(d.status == "dead" for d in described), "calls": calls, "cache_hits": hits,
                   "hit_rate": hits / (hits + calls) if hits + calls else None,
                   "seconds": {k: round(v, 3) for k, v in timings.items()},
-                  "backends": results[0]["backends"] if results else {},
+                  "backends": {k: v for r in results for k, v in r["backends"].items()},
                   "failures": {names[d.unit]: d.error for d in failed[:20]}}
         return MethodOutput(table, marker)
+
+
+def _settings(params: Any) -> Any:
+    from discover_ray.describe import DescribeSettings
+
+    return DescribeSettings(params.top_images, params.crops, params.crop_size, params.caption_images, params.summaries,
+                            params.images_per_candidate, params.beta, params.top_generated, params.temperature, 3,
+                            params.concurrency)
 
 
 def _top_images(activations: np.ndarray, image_ids: list[str], units: tuple[int, ...], k: int) -> dict[int, list[str]]:

@@ -213,8 +213,11 @@ class Runner:
         tasks = 0
         for part in parts:
             work = stage.tasks(part, payload)
-            tasks += len(work)
-            results = self.executor.run_tasks(type(stage).compute, payload, key, work, type(stage).resident)
+            results: list[Any] = []
+            while work:  # a round of tasks; a stage may ask for another that needs these results
+                tasks += len(work)
+                results += self.executor.run_tasks(type(stage).compute, payload, key, work, type(stage).resident)
+                work = stage.follow_up(part, results, payload)
             tables = stage.assemble(part, results, payload)
             for output in stage.outputs:
                 if part in pending.get(output.name, []):

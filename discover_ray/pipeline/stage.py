@@ -7,7 +7,8 @@ that is there is never computed again. Two kinds:
 
 - a ``ModelStage`` runs a model (or only a loader) over the probe set, shard by shard (a part is a shard);
   stages that load images the same way share one pass over the probe set;
-- a ``TaskStage`` computes each part from plain tasks (pure functions of a payload it loads once).
+- a ``TaskStage`` computes each part from plain tasks (pure functions of a payload it loads once), in rounds
+  when later tasks need earlier results (``follow_up``).
 
 ``pipeline.runner.Runner`` owns skipping, resuming, committing and events for every stage; an executor
 (in-process or Ray) only computes.
@@ -129,6 +130,10 @@ class TaskStage(Stage):
 
     def tasks(self, part: int, payload: Any) -> list[Any]:
         raise NotImplementedError
+
+    def follow_up(self, part: int, results: list[Any], payload: Any) -> list[Any]:
+        """More tasks that need the results so far (a second round of work items); [] when there are none."""
+        return []
 
     def assemble(self, part: int, results: list[Any], payload: Any) -> Mapping[str, pa.Table]:
         """The tables of ``part``, by output name, from its tasks' results (in task order)."""

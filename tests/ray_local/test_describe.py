@@ -19,11 +19,11 @@ def test_describe_and_verify_on_ray_match_in_process_and_a_rerun_calls_nothing(w
     with LoopbackChatServer(summary_reply) as server:
         summarizer = {"kind": "openai", "model": "loopback-llm", "base_url": server.base_url, "api_key_env": None}
         on_ray = config(world_files, tmp_path / "ray", summarizer=summarizer,
-                        params={"unit_chunk": 2, "layers": ["fc"]})  # two DESCRIBE tasks on fc
+                        params={"unit_chunk": 2, "draw_chunk": 2, "layers": ["fc"]})  # tasks of both rounds
         result = dissect(on_ray, executor="ray", console=QUIET)
         asked = len(server.requests)
         local = dissect(config(world_files, tmp_path / "local", summarizer=summarizer,
-                               params={"unit_chunk": 2, "layers": ["fc"]}), executor="local", console=QUIET)
+                               params={"unit_chunk": 2, "draw_chunk": 2, "layers": ["fc"]}), executor="local", console=QUIET)
         again = dissect(on_ray, executor="ray", console=QUIET)
         assert [s.stage for s in again.record.recomputed()] == ["PREPARE"]
         # the in-process run had its own (empty) cache: it asked the server for the same replies once more

@@ -103,6 +103,9 @@ class ReduceStage(TaskStage):
         self.method.validate(payload, self.params)
         return [(self.method, self.params, task) for task in self.method.tasks(payload, self.params)]
 
+    def follow_up(self, part: int, results: list[Any], payload: LayerInputs) -> list[Any]:
+        return [(self.method, self.params, task) for task in self.method.follow_up(results, payload, self.params)]
+
     def assemble(self, part: int, results: list[Any], payload: LayerInputs) -> dict[str, pa.Table]:
         output = self.method.assemble(results, payload, self.params)
         self._marker = {**output.marker, "images": len(payload.image_ids), "units": payload.units}

@@ -172,6 +172,16 @@ def test_describe_and_verify_end_to_end_and_a_rerun_makes_no_backend_call(world_
     assert "u00003: dead: no activating image" in printed.output
     assert ranked["u00000"][0][0][:20] in printed.output
 
+    # the work items are chunks of units, then chunks of (unit, candidate) pairs: how they are cut changes nothing
+    events = [e for e in result.record.stages if e.stage == "DESCRIBE" and e.title.startswith("colours/fc")]
+    assert events[0].counts["tasks"] == 2  # one chunk of the 4 units, one of their pairs
+    finer = dissect(config(world_files, store.root, params={"unit_chunk": 1, "draw_chunk": 1}), executor="local",
+                    console=QUIET)
+    finer_entry, finer_table = labels_of(finer, "fc")
+    assert finer_table.ranked() == ranked and store.committed(finer_entry.dataset).marker()["calls"] == 0
+    finer_events = [e for e in finer.record.stages if e.stage == "DESCRIBE" and e.title.startswith("colours/fc")]
+    assert finer_events[0].counts["tasks"] == 4 + sum(len(c) for c in ranked.values())
+
     # a changed selection parameter recomputes DESCRIBE, from the cache alone
     again = dissect(config(world_files, store.root, params={"top_generated": 5}), executor="local", console=QUIET)
     entry2, _ = labels_of(again, "fc")
