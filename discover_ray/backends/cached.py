@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,27 +61,44 @@ class CachedCaptioner(_Cached):
             if data is not None:
                 found[i] = data.decode("utf-8")
         missing = [i for i in range(len(images)) if i not in found]
-        if missing:
+        first = {}  # an image twice in one batch (a crop two units share) is captioned once
+        for i in missing:
+            first.setdefault(keys[i].id, i)
+        asked = list(first.values())
+        if asked:
             if self.cache.replay:
-                self.cache.refuse(keys[missing[0]])
+                self.cache.refuse(keys[asked[0]])
             self._spend()
-            made = self.backend.caption([images[i] for i in missing])
-            if len(made) != len(missing) or not all(isinstance(c, str) for c in made):
-                raise BackendError(f"captioner {self.identity.kind} returned {len(made)} captions for {len(missing)} images")
-            for i, text in zip(missing, made, strict=True):
+            made = self.backend.caption([images[i] for i in asked])
+            if len(made) != len(asked) or not all(isinstance(c, str) for c in made):
+                raise BackendError(f"captioner {self.identity.kind} returned {len(made)} captions for {len(asked)} images")
+            for i, text in zip(asked, made, strict=True):
                 self.cache.put(keys[i], text.encode("utf-8"))
                 found[i] = text
-        self.cache.count(hits=len(images) - len(missing), misses=len(missing))
+            for i in missing:
+                found[i] = found[first[keys[i].id]]
+        self.cache.count(hits=len(images) - len(asked), misses=len(asked))
         return [found[i] for i in range(len(images))]
 
 
 class CachedSummarizer(_Cached):
     backend: Summarizer
 
+    def __init__(self, backend: Summarizer, cache: CallCache, budget: CallBudget | None = None):
+        super().__init__(backend, cache, budget)
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
     def chat(self, messages: Sequence[dict[str, str]], *, temperature: float, seed: int) -> str:
+        """The reply (cached); the same request made by two threads at once reaches the backend once."""
         inputs = content_hash(json.dumps(list(messages), sort_keys=True, ensure_ascii=False))
         key = self.key(inputs, seed, temperature=temperature)
+        with self._guard:
+            lock = self._locks.setdefault(key.id, threading.Lock())
+        with lock:
+            return self._chat(key, messages, temperature, seed)
 
+    def _chat(self, key: CallKey, messages: Sequence[dict[str, str]], temperature: float, seed: int) -> str:
         def call() -> str:
             self._spend()
             reply = self.backend.chat(messages, temperature=temperature, seed=seed)

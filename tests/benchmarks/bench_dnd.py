@@ -7,9 +7,10 @@ a BLIP captioner, a causal-LM summariser (``transformers``) and a Stable Diffusi
 or with ``--backends world`` the offline set of the demo (retrieval captions by a CLIP, no summariser, the
 world's renderer). Three runs, in this process, each in its own store except the last:
 
-- baseline: one neuron per task (``unit_chunk: 1``), the reference's neuron-by-neuron order: every step's
-  batch holds one neuron's images;
-- ours: 16 neurons per task, every step batched across them (the default);
+- baseline: one neuron per task and one (neuron, candidate) per drawing task (``unit_chunk: 1``,
+  ``draw_chunk: 1``), the reference's neuron-by-neuron, candidate-by-candidate order: every batch holds one
+  neuron's (or one candidate's) images;
+- ours: the defaults, 16 neurons and 32 (neuron, candidate) pairs per task, every step batched across them;
 - re-run: ours again with a changed selection parameter (a new DESCRIBE key): every call from the cache.
 
 Reported per run: DESCRIBE seconds per neuron, split by step (crops, caption, summarise, generate, select),
@@ -85,6 +86,7 @@ def measure(raw: dict[str, Any]) -> dict[str, Any]:
     units = calls = hits = 0
     steps: dict[str, float] = {}
     describe_seconds = sum(s.seconds for s in result.record.stages if s.stage == "DESCRIBE")
+    out["tasks"] = sum(s.counts.get("tasks", 0) for s in result.record.stages if s.stage == "DESCRIBE")
     for entry in result.record.labels:
         marker = store.committed(entry.dataset).marker()
         n = marker["described"] + marker["failed"] + marker["dead"]
@@ -118,15 +120,16 @@ def main() -> None:
         folder = Path(tmp)
         probe = world.write_parquet(folder / "probe.parquet", world.generate(args.images, seed=7))
         sections = backends(args.backends, folder)
-        baseline = measure(config(probe, folder / "baseline", sections, unit_chunk=1))
+        baseline = measure(config(probe, folder / "baseline", sections, unit_chunk=1, draw_chunk=1))
         ours = measure(config(probe, folder / "ours", sections))
         rerun = measure(config(probe, folder / "ours", sections, top_generated=9))
     report = {
         "benchmark": "describe_and_dissect", "backends": args.backends, "probe_images": args.images,
         "device": "cpu", "threads": torch.get_num_threads(), "machine": platform.machine(),
         "python": platform.python_version(), "torch": torch.__version__,
-        "baseline_one_neuron_per_task": baseline, "ours_16_neurons_per_task": ours, "rerun_from_cache": rerun,
+        "baseline_one_neuron_per_task": baseline, "ours_default_chunks": ours, "rerun_from_cache": rerun,
         "speedup_vs_baseline": round(baseline["seconds_per_neuron"] / ours["seconds_per_neuron"], 2),
+        "describe_tasks": {"baseline": baseline["tasks"], "ours": ours["tasks"]},
         "rerun_calls": sum(layer["calls"] for layer in rerun["layers"].values()),
         "paper_seconds_per_neuron_v100": PAPER_SECONDS_PER_NEURON,
         "note": "tiny random backends on CPU: the figures time the pipeline around the models, not BLIP-base or "

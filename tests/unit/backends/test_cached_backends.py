@@ -138,3 +138,30 @@ def test_the_none_summariser_is_never_built_and_backends_configs_name_their_prob
     with pytest.raises(ConfigError, match=r"world\): colour: Extra inputs"):
         parse_backend("generator", {"kind": "world", "colour": "red"})
     assert BackendContext().device == "cpu"
+
+
+def test_an_image_twice_in_a_batch_is_captioned_once_and_a_request_made_twice_at_once_is_sent_once(bank, tmp_path):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = Counting(build_backend("captioner", {"kind": "clip_retrieval", "model": "TinyCLIP-ViT-32",
+                                                   "captions": str(bank)}))
+    pictures = images(3)
+    captions = CachedCaptioner(backend, CallCache(str(tmp_path))).caption(pictures + pictures[:2])
+    assert backend.items == 3 and captions[3:] == captions[:2]
+
+    class Slow(Counting):
+        def chat(self, messages, *, temperature, seed):
+            with lock:
+                self.calls += 1
+            time.sleep(0.1)
+            return "red things"
+
+    lock = threading.Lock()
+    slow = Slow(build_backend("summarizer", {"kind": "none"}))
+    cached = CachedSummarizer(slow, CallCache(str(tmp_path)))
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: cached.chat([{"role": "user", "content": "x"}], temperature=0.3, seed=0),
+                                range(4)))
+    assert replies == ["red things"] * 4 and slow.calls == 1
