@@ -41,11 +41,15 @@ from discover_ray.evaluate.ground_truth import agreement, best_truth_concepts  #
 from discover_ray.runs.read import READERS  # noqa: E402
 
 
+def world_truth(sizes: LoopSizes, seed: int):
+    """The probe set's truth matrix [images, concepts] and the world's concept vocabulary."""
+    probe = world.generate(sizes.probe, seed=seed * 10 + 2)
+    return world.truth_matrix(probe).numpy(), list(world.concept_vocabulary())
+
+
 def score(result, sizes: LoopSizes, seed: int) -> list[dict]:
     store = Store(result.store)
-    probe = world.generate(sizes.probe, seed=seed * 10 + 2)
-    truth = world.truth_matrix(probe).numpy()
-    vocabulary = list(world.concept_vocabulary())
+    truth, vocabulary = world_truth(sizes, seed)
     rows = []
     for name, target in result.targets.items():
         run = load_run(store, target["run_id"])
@@ -84,9 +88,7 @@ def score(result, sizes: LoopSizes, seed: int) -> list[dict]:
 def describe_rows(result, sizes: LoopSizes, seed: int) -> list[dict]:
     """(e): Describe-and-Dissect's label 1 against the world's truth, and the verification of every labelling."""
     store = Store(result.store)
-    probe = world.generate(sizes.probe, seed=seed * 10 + 2)
-    truth = world.truth_matrix(probe).numpy()
-    vocabulary = list(world.concept_vocabulary())
+    truth, vocabulary = world_truth(sizes, seed)
     rows = []
     for name, target in result.targets.items():
         run = load_run(store, target["run_id"])
