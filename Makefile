@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,describe]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,describe,deploy]'
 	touch $(STAMP)
 
 # The report's browser test drives Debian's Chromium; it is installed where we can (root with apt), else the test skips.
