@@ -291,6 +291,60 @@ def submit(
 
 
 @app.command()
+def watch(
+    train_dir: Annotated[str, typer.Argument(metavar="TRAIN_DIR", help="A training run's folder (local or s3://...).")],
+    config: Annotated[str, typer.Option(help="Dissection config; its first model is given each checkpoint.")],
+    once: Annotated[bool, typer.Option(help="One pass, then exit (for a scheduled job).")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between passes without --once.")] = 600.0,
+    local: Annotated[bool, typer.Option("--local", help="Every stage in this process, without Ray.")] = False,
+) -> None:
+    """Dissect every completed checkpoint of a training run not dissected yet; print how the labels drift."""
+    raise typer.Exit(run_watch(train_dir, config, once=once, interval=interval, local=local))
+
+
+def run_watch(train_dir: str, config_path: str, once: bool = False, interval: float = 600.0, local: bool = False) -> int:
+    """Passes of ``watch_once`` (one with ``once``), each printed; bad input prints one clear line and returns 2."""
+
+    def run() -> int:
+        import time
+
+        from discover_ray import load_config
+        from discover_ray.watch import watch_once
+
+        resolved = load_config(config_path)
+        while True:
+            found = watch_once(train_dir, resolved, executor="local" if local else "ray", console=console)
+            _print_watch(found)
+            if once:
+                return 0
+            time.sleep(interval)
+
+    return _user_errors(run, on_ray=not local)
+
+
+def _print_watch(found) -> None:
+    done = sum(c["status"] == "done" for c in found.checkpoints)
+    console.print(f"watch {found.watch_id}: {len(found.checkpoints)} completed checkpoints, {found.dissected} dissected "
+                  f"now, {done} before", highlight=False)
+    if found.drift:
+        view = Table(title="label drift between consecutive checkpoints")
+        for column in ("layer", "labels", "from → to", "stable", "changed most"):
+            view.add_column(column)
+        for d in found.drift:
+            moved = "; ".join(f"{c['unit']} {c['concept_a']} → {c['concept_b']}" for c in d.most_changed[:3]
+                              if c["concept_a"] != c["concept_b"])
+            view.add_row(d.layer, f"{d.method}, {d.source}", f"{d.before} → {d.after}", f"{d.stable}/{d.units}",
+                         moved or "–")
+        console.print(view)
+    for where, concepts in found.first_seen.items():
+        by_checkpoint: dict[str, list[str]] = {}
+        for concept, checkpoint in concepts.items():
+            by_checkpoint.setdefault(checkpoint, []).append(concept)
+        console.print(f"first labels in {where}: " + "; ".join(f"{c}: {', '.join(sorted(v))}"
+                                                                for c, v in by_checkpoint.items()), highlight=False)
+
+
+@app.command()
 def labels(
     run: Annotated[str, typer.Argument(help="Run id (printed by `discover dissect`).")],
     layer: Annotated[str, typer.Option(help="Layer name, as in the config.")],
