@@ -138,5 +138,5 @@ def test_shipped_training_configs_validate():
     cvn, plain = configs["train_cifar_resnet20_cvn2"], configs["train_cifar_resnet20"]
     # the twins differ in the model alone
     assert cvn.model_dump(exclude={"name", "model"}) == plain.model_dump(exclude={"name", "model"})
-    assert configs["train_deit_small_cvn12"].scaling.accelerator_type == "RTX-A6000"
-    assert configs["train_resnet18_cvn4"].scaling.label_selector == {"gpu": "a6000"}
+    assert configs["train_deit_small_cvn12"].scaling.label_selector == {"gpu-type": "a6000"}
+    assert configs["train_resnet18_cvn4"].scaling.label_selector == {"gpu-type": "a6000"}
