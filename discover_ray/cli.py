@@ -269,25 +269,55 @@ def dissect(
 
 @app.command()
 def submit(
-    config: Annotated[str, typer.Argument(help="Dissection config (YAML).")],
+    args: Annotated[list[str], typer.Argument(
+        metavar="[dissect|train|watch] CONFIG [TRAIN_DIR]",
+        help="What to run (default dissect) and its config: a dissection config; a training config (train); "
+             "a dissection config and the training run's folder, local or s3://... (watch).")],
     address: Annotated[str, typer.Option(help="Ray dashboard address, e.g. http://127.0.0.1:8265.")],
     wait: Annotated[bool, typer.Option(help="Wait for the job and print its log.")] = True,
+    epochs: Annotated[int | None, typer.Option(help="train: train to this many epochs, overriding the config.")] = None,
 ) -> None:
-    """Submit a dissection as a Ray job, named by its content: the same dissection attaches to the same job."""
+    """Submit a dissection, a training run or one watch pass as a Ray job, named by its content: the same
+    submission attaches to the same job. A token-auth head gets RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or
+    ~/.ray/auth_token)."""
     status: list[str] = []
 
     def run() -> int:
-        from discover_ray import load_config
-        from discover_ray.dissection import submission_id
         from discover_ray.on_ray.submit import submit as submit_job
 
-        resolved = load_config(config)
-        job_id = submission_id(resolved)
-        status.append(submit_job(resolved, job_id, address, console, wait=wait))
-        console.print(f"job {job_id}: {status[0]}", highlight=False)
+        spec = _submit_spec(args, epochs)
+        status.append(submit_job(spec, address, console, wait=wait))
+        console.print(f"job {spec.job_id}: {status[0]}", highlight=False)
         return 0 if status[0] in ("SUCCEEDED", "PENDING", "RUNNING") else 1
 
     raise typer.Exit(_user_errors(run))
+
+
+def _submit_spec(args: list[str], epochs: int | None):
+    """The job ``discover submit [dissect|train|watch] CONFIG [TRAIN_DIR]`` names (the kind word is optional)."""
+    from discover_ray.on_ray import submit as jobs
+
+    kind, rest = (args[0], args[1:]) if args and args[0] in ("dissect", "train", "watch") else ("dissect", args)
+    wanted = ["CONFIG", "TRAIN_DIR"] if kind == "watch" else ["CONFIG"]
+    if len(rest) != len(wanted):
+        raise typer.BadParameter(f"`discover submit {kind}` takes {' '.join(wanted)}, got {len(rest)} argument(s)",
+                                 param_hint="[dissect|train|watch] CONFIG [TRAIN_DIR]")
+    if epochs is not None and kind != "train":
+        raise typer.BadParameter("--epochs is for `discover submit train`", param_hint="--epochs")
+    if kind == "train":
+        from discover_ray import load_train_config
+
+        return jobs.train_job(load_train_config(rest[0], epochs=epochs))
+    from discover_ray import load_config
+    from discover_ray.errors import ConfigError
+
+    try:
+        config = load_config(rest[0])
+    except ConfigError as err:
+        if args[0] == kind or "epochs: Extra inputs" not in str(err):
+            raise
+        raise ConfigError(f"{err} (a training config? `discover submit train {rest[0]}`)") from None
+    return jobs.watch_job(rest[1], config) if kind == "watch" else jobs.dissect_job(config)
 
 
 @app.command()
