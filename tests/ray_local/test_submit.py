@@ -76,29 +76,32 @@ def _head(root: Path, auth: dict[str, str], client: dict[str, str]) -> Iterator[
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=10)  # a graceful stop can take half a minute; nothing of the head is needed after
+            head.wait(timeout=5)  # a graceful stop can take half a minute; nothing of the head is needed after
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory) -> Iterator[Head]:
-    """A head without authentication (test fixtures only: it is open to the network)."""
-    with _head(tmp_path_factory.mktemp("head"), {"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_MODE": "disabled"}) as head:
-        yield head
+def head(request, tmp_path_factory) -> Iterator[Head]:
+    """A Ray head, once per module and auth mode (tests name theirs with ``indirect`` parametrisation, so one
+    runs at a time). ``disabled``: no authentication (test fixtures only: such a head is open to the network).
+    ``token``: token authentication, as KubeRay's ``authOptions: {mode: token}`` makes one; the client has the
+    token in RAY_AUTH_TOKEN only: no RAY_AUTH_MODE (so Ray's client sends no token of its own), a home without
+    ~/.ray/auth_token, and a RAY_ADDRESS elsewhere (``--address`` is what counts)."""
+    root = tmp_path_factory.mktemp(f"head-{request.param}")
+    if request.param == "disabled":
+        auth, client = {"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_MODE": "disabled"}
+    else:
+        (root / "home").mkdir()
+        auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
+        client = {"RAY_AUTH_TOKEN": TOKEN, "HOME": str(root / "home"), "RAY_ADDRESS": f"http://127.0.0.1:{_free_port()}"}
+    with _head(root, auth, client) as started:
+        yield started
 
 
-@pytest.fixture(scope="module")
-def token_head(tmp_path_factory) -> Iterator[Head]:
-    """A head with token authentication, as KubeRay's ``authOptions: {mode: token}`` makes one. The client
-    has the token in RAY_AUTH_TOKEN only: no RAY_AUTH_MODE (so Ray's client sends no token of its own), a home
-    without ~/.ray/auth_token, and a RAY_ADDRESS elsewhere (``--address`` is what counts)."""
-    root = tmp_path_factory.mktemp("token-head")
-    (root / "home").mkdir()
-    client = {"RAY_AUTH_TOKEN": TOKEN, "HOME": str(root / "home"), "RAY_ADDRESS": f"http://127.0.0.1:{_free_port()}"}
-    with _head(root, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}, client) as head:
-        yield head
+NO_AUTH = pytest.mark.parametrize("head", ["disabled"], indirect=True)
+TOKEN_AUTH = pytest.mark.parametrize("head", ["token"], indirect=True)
 
 
 def _discover(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -107,35 +110,37 @@ def _discover(*args: str, env: dict[str, str], timeout: float = 300) -> subproce
 
 
 @pytest.mark.slow
-def test_submit_runs_the_job_attaches_to_the_same_content_and_starts_another_for_new_content(ray_head, world_folder, tmp_path):
+@NO_AUTH
+def test_submit_runs_the_job_attaches_to_the_same_content_and_starts_another_for_new_content(head, world_folder, tmp_path):
     probe = tmp_path / "probe"
     shutil.copytree(world_folder, probe)
     config = tmp_path / "tiny.yaml"
     raw = tiny_config(probe, "${SUBMIT_STORE}", concepts=[{"kind": "labels"}], reduce={"methods": ["cos"], "top_k": 3})
     config.write_text(yaml.safe_dump(raw))
-    command = ["submit", str(config), "--address", ray_head.address]  # no kind word: a dissection
-    first = _discover(*command, env=ray_head.env)
+    command = ["submit", str(config), "--address", head.address]  # no kind word: a dissection
+    first = _discover(*command, env=head.env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "submitted job dissect-" in first.stdout and "SUCCEEDED" in first.stdout
-    runs = list((ray_head.store / "runs").iterdir())
+    runs = list((head.store / "runs").iterdir())
     assert len(runs) == 1
     record = json.loads((runs[0] / "run.json").read_text())
     assert record["status"] == "succeeded" and record["identification"][0]["layer"] == "fc"
     assert record["config"]["store"] == "${SUBMIT_STORE}"  # the job got the config as written, not the expansion
 
-    second = _discover("submit", "dissect", str(config), "--address", ray_head.address, env=ray_head.env, timeout=120)
+    second = _discover("submit", "dissect", str(config), "--address", head.address, env=head.env, timeout=120)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "already exists (SUCCEEDED) for the same content" in second.stdout
 
     (probe / "red circle" / "999.png").write_bytes(next(probe.rglob("*.png")).read_bytes())  # new content, same paths
-    third = _discover(*command, env=ray_head.env)
+    third = _discover(*command, env=head.env)
     assert third.returncode == 0, third.stdout + third.stderr
     assert "submitted job dissect-" in third.stdout and "SUCCEEDED" in third.stdout
-    assert len(list((ray_head.store / "runs").iterdir())) == 2
+    assert len(list((head.store / "runs").iterdir())) == 2
 
 
 @pytest.mark.slow
-def test_train_then_watch_on_a_token_auth_head(token_head, world_folder, tmp_path, monkeypatch):
+@TOKEN_AUTH
+def test_train_then_watch_on_a_token_auth_head(head, world_folder, tmp_path, monkeypatch):
     storage = tmp_path / "train"
     train_config = tmp_path / "train_tiny.yaml"
     train_config.write_text(yaml.safe_dump({
@@ -146,21 +151,23 @@ def test_train_then_watch_on_a_token_auth_head(token_head, world_folder, tmp_pat
         "epochs": 1, "batch_size": 24, "optimizer": {"lr": 0.05},
         "scaling": {"num_workers": 1, "cpus_per_worker": 0.5},
     }))
-    trained = _discover("submit", "train", str(train_config), "--address", token_head.address, env=token_head.env)
+    trained = _discover("submit", "train", str(train_config), "--address", head.address, env=head.env)
     assert trained.returncode == 0, trained.stdout + trained.stderr
     assert "submitted job train-" in trained.stdout and "SUCCEEDED" in trained.stdout
     checkpoint = storage / "submit-tiny" / "epoch_0000" / "model.safetensors"
     assert checkpoint.is_file()
     job_id = next(w for w in trained.stdout.split() if w.startswith("train-"))
 
-    again = _discover("submit", "train", str(train_config), "--address", token_head.address, env=token_head.env,
-                      timeout=120)
-    assert again.returncode == 0 and "already exists (SUCCEEDED) for the same content" in again.stdout, again.stdout
-
-    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    for name in AUTH_VARIABLES:  # the same client environment, in this process
+        monkeypatch.delenv(name, raising=False)
+    for name, value in head.env.items():
+        if name in ("RAY_AUTH_TOKEN", "HOME", "RAY_ADDRESS"):
+            monkeypatch.setenv(name, value)
+    code, again = _submit_in_process("train", str(train_config), "--address", head.address)
+    assert code == 0 and "already exists (SUCCEEDED) for the same content" in again, again
     from discover_ray.on_ray.submit import connect
 
-    info = connect(token_head.address).get_job_info(job_id)
+    info = connect(head.address).get_job_info(job_id)
     assert info.entrypoint == "python -m jobs.train_cvn --config train.yaml"  # relative to the job's working_dir
     assert TOKEN not in json.dumps([info.metadata, info.runtime_env, info.entrypoint], default=str)
 
@@ -169,7 +176,7 @@ def test_train_then_watch_on_a_token_auth_head(token_head, world_folder, tmp_pat
     dissect_config.write_text(yaml.safe_dump(tiny_config(world_folder, store, concepts=[{"kind": "labels"}],
                                                          reduce={"methods": ["cos"], "top_k": 3})))
     watched = _discover("submit", "watch", str(dissect_config), str(storage / "submit-tiny"),
-                        "--address", token_head.address, env=token_head.env)
+                        "--address", head.address, env=head.env)
     assert watched.returncode == 0, watched.stdout + watched.stderr
     assert "submitted job watch-" in watched.stdout and "SUCCEEDED" in watched.stdout
     assert "1 completed checkpoints, 1 dissected now" in watched.stdout
@@ -180,8 +187,8 @@ def test_train_then_watch_on_a_token_auth_head(token_head, world_folder, tmp_pat
     (watch,) = (store / "watches").iterdir()
     assert json.loads((watch / "watch.json").read_text())["dissected"] == 1
     assert f"watch-{watch.name}-" in watched.stdout  # the job is named by the watch id (and the minute)
-    for result in (trained, again, watched):
-        assert TOKEN not in result.stdout + result.stderr
+    for output in (trained.stdout + trained.stderr, again, watched.stdout + watched.stderr):
+        assert TOKEN not in output
 
 
 def _submit_in_process(*args: str) -> tuple[int, str]:
@@ -197,18 +204,19 @@ def dissect_yaml(world_folder, tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_a_token_auth_head_without_the_token_or_with_a_wrong_one_says_what_to_set(token_head, dissect_yaml,
-                                                                                  tmp_path, monkeypatch):
+@TOKEN_AUTH
+def test_a_token_auth_head_without_the_token_or_with_a_wrong_one_says_what_to_set(head, dissect_yaml, tmp_path,
+                                                                                  monkeypatch):
     for name in AUTH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
-    code, output = _submit_in_process(str(dissect_yaml), "--address", token_head.address)
+    code, output = _submit_in_process(str(dissect_yaml), "--address", head.address)
     assert code == 2, output
     assert "requires a token and none was found: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH" in output
     assert "Secret named as the RayCluster, key auth_token" in output
 
     monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
-    code, output = _submit_in_process(str(dissect_yaml), "--address", token_head.address)
+    code, output = _submit_in_process(str(dissect_yaml), "--address", head.address)
     assert code == 2, output
     assert "refused the token from RAY_AUTH_TOKEN: check RAY_AUTH_TOKEN" in output and "not-the-token" not in output
 
@@ -217,7 +225,7 @@ def test_a_token_auth_head_without_the_token_or_with_a_wrong_one_says_what_to_se
     (tmp_path / ".ray" / "auth_token").write_text(TOKEN + "\n")  # the default file, when nothing else is set
     from discover_ray.on_ray.submit import connect
 
-    assert isinstance(connect(token_head.address).list_jobs(), list)
+    assert isinstance(connect(head.address).list_jobs(), list)
 
 
 def test_nothing_listening_at_the_address_says_no_ray_head_answers(dissect_yaml):
