@@ -317,7 +317,14 @@ def _submit_spec(args: list[str], epochs: int | None):
         if args[0] == kind or "epochs: Extra inputs" not in str(err):
             raise
         raise ConfigError(f"{err} (a training config? `discover submit train {rest[0]}`)") from None
-    return jobs.watch_job(rest[1], config) if kind == "watch" else jobs.dissect_job(config)
+    if kind == "watch":
+        from discover_ray.config_files import absolute
+        from discover_ray.watch import watch_id
+
+        return jobs.watch_job(rest[1], config, watch_id(absolute(rest[1]) or rest[1], config))
+    from discover_ray.dissection import submission_id
+
+    return jobs.dissect_job(config, submission_id(config))
 
 
 @app.command()

@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 import requests
@@ -59,9 +59,6 @@ from discover_ray.config import DissectConfig
 from discover_ray.config_files import absolute
 from discover_ray.errors import DiscoverError
 from discover_ray.store import config_hash
-
-if TYPE_CHECKING:
-    from discover_ray.training.config import TrainConfig
 
 __all__ = [
     "HeadUnreachable",
@@ -132,19 +129,17 @@ def job_config(config: DissectConfig) -> dict[str, Any]:
     return stored
 
 
-def dissect_job(config: DissectConfig) -> JobSpec:
-    """A dissection, named by its content (``dissection.submission_id``)."""
-    from discover_ray.dissection import submission_id
-
+def dissect_job(config: DissectConfig, job_id: str) -> JobSpec:
+    """A dissection, named by its content (``job_id``: ``dissection.submission_id`` of the config)."""
     body = job_config(config)
-    job_id = submission_id(config)
     return JobSpec("dissect", job_id, "python -m jobs.dissect --config dissect.yaml", {"dissect.yaml": _yaml(body)},
                    content=config_hash({"job": job_id, "store": body["store"]}),
                    metadata={"discover_store": str(body["store"])})
 
 
-def train_job(config: TrainConfig) -> JobSpec:
-    """A training run (or its resumption to ``config.epochs``), named by its stored config and epochs."""
+def train_job(config: Any) -> JobSpec:
+    """A training run (or its resumption to ``config.epochs``; ``config``: a ``training.config.TrainConfig``, not
+    imported here: training imports this package), named by its stored config and epochs."""
     body = config.stored()
     body["scaling"] = {**body["scaling"], "address": None}  # the job joins the cluster it runs on
     job_id = "train-" + config_hash({"config": body, "epochs": config.epochs})
@@ -153,15 +148,14 @@ def train_job(config: TrainConfig) -> JobSpec:
                    metadata={"discover_store": str(body["storage_path"]), "discover_run": config.run_name})
 
 
-def watch_job(train_dir: str, config: DissectConfig, now: datetime | None = None) -> JobSpec:
-    """One watch pass over ``train_dir`` (a local path is made absolute): a new job each UTC minute, since a
-    pass is meant to run again when new checkpoints appear; within the minute a submission attaches to it."""
-    from discover_ray.watch import watch_id
-
+def watch_job(train_dir: str, config: DissectConfig, watch: str, now: datetime | None = None) -> JobSpec:
+    """One watch pass over ``train_dir`` (a local path is made absolute; ``watch``: its ``watch.watch_id``): a new
+    job each UTC minute, since a pass is meant to run again when new checkpoints appear; within the minute a
+    submission attaches to it."""
     where = absolute(train_dir) or train_dir
     body = job_config(config)
     stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y%m%dT%H%MZ")
-    job_id = f"watch-{watch_id(where, config)}-{stamp}"
+    job_id = f"watch-{watch}-{stamp}"
     return JobSpec("watch", job_id, f"python -m jobs.watch {shlex.quote(where)} --config watch.yaml --once",
                    {"watch.yaml": _yaml(body)},
                    content=config_hash({"job": job_id, "store": body["store"], "train_dir": where}),

@@ -301,9 +301,10 @@ def test_the_kind_word_is_optional_and_watch_jobs_are_named_by_the_minute(dissec
     from discover_ray.watch import watch_id
 
     config = load_config(dissect_yaml)
-    one = watch_job(str(tmp_path / "run"), config, now=datetime(2026, 12, 1, 13, 24, 5, tzinfo=timezone.utc))
-    same = watch_job(str(tmp_path / "run"), config, now=datetime(2026, 12, 1, 13, 24, 55, tzinfo=timezone.utc))
-    later = watch_job(str(tmp_path / "run"), config, now=datetime(2026, 12, 1, 13, 25, 0, tzinfo=timezone.utc))
+    watch = watch_id(str(tmp_path / "run"), config)
+    one = watch_job(str(tmp_path / "run"), config, watch, now=datetime(2026, 12, 1, 13, 24, 5, tzinfo=timezone.utc))
+    same = watch_job(str(tmp_path / "run"), config, watch, now=datetime(2026, 12, 1, 13, 24, 55, tzinfo=timezone.utc))
+    later = watch_job(str(tmp_path / "run"), config, watch, now=datetime(2026, 12, 1, 13, 25, 0, tzinfo=timezone.utc))
     assert one.job_id == same.job_id == f"watch-{watch_id(str(tmp_path / 'run'), config)}-20261201T1324Z"
     assert later.job_id != one.job_id and later.job_id.endswith("-20261201T1325Z")
     assert one.entrypoint == f"python -m jobs.watch {tmp_path / 'run'} --config watch.yaml --once"
