@@ -15,8 +15,8 @@ import fsspec
 import pyarrow.parquet as pq
 from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-from discover_ray.backends.base import BackendConfig, parse_backend
-from discover_ray.backends.settings import BackendsConfig
+from discover_ray.backends.base import BackendConfig
+from discover_ray.backends.settings import BackendsConfig, parse_section
 from discover_ray.config_files import Strict, absolute, expand_env, validate
 from discover_ray.errors import ConfigError, ProbeError
 from discover_ray.explain.splits import Splits, column_splits, seeded_splits
@@ -227,12 +227,7 @@ class VerifyConfig(Strict):
     @field_validator("generator", mode="before")
     @classmethod
     def _generator(cls, value: Any) -> Any:
-        if value is None or isinstance(value, BackendConfig):
-            return value
-        try:
-            return parse_backend("generator", value)
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
+        return parse_section("generator", value)
 
 
 class RayConfig(Strict):

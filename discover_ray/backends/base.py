@@ -160,8 +160,11 @@ def build_backend(role: Role, config: dict[str, Any] | BackendConfig, context: B
     return _backend_class(role, parsed.kind)(parsed, context or BackendContext())
 
 
-def memoised(factory: Callable[[], Any], key: Any, _memo: dict[Any, Any] = {}) -> Any:  # noqa: B006
+_MEMO: dict[Any, Any] = {}
+
+
+def memoised(factory: Callable[[], Any], key: Any) -> Any:
     """One instance per process for ``key`` (a model is loaded once per worker, not once per task)."""
-    if key not in _memo:
-        _memo[key] = factory()
-    return _memo[key]
+    if key not in _MEMO:
+        _MEMO[key] = factory()
+    return _MEMO[key]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -48,37 +48,46 @@ class _Cached:
         if self.budget is not None:
             self.budget.spend()
 
+    def _batch(self, keys: Sequence[CallKey], compute: Callable[[list[int]], list[bytes]]) -> list[bytes]:
+        """Every key's result: the cached ones read, the others (each distinct key once) computed in ONE backend
+        call, ``compute(positions)``, charged once to the budget and stored before they are returned."""
+        found: dict[int, bytes] = {}
+        for i, key in enumerate(keys):
+            data = self.cache.get(key)
+            if data is not None:
+                found[i] = data
+        first: dict[str, int] = {}  # a key twice in one batch (a crop two units share) is computed once
+        for i in range(len(keys)):
+            if i not in found:
+                first.setdefault(keys[i].id, i)
+        asked = list(first.values())
+        if asked:
+            if self.cache.replay:
+                self.cache.refuse(keys[asked[0]])
+            self._spend()
+            made = compute(asked)
+            if len(made) != len(asked):
+                raise BackendError(f"{self.backend.role} {self.identity.kind} gave {len(made)} results for {len(asked)} inputs")
+            for i, data in zip(asked, made, strict=True):
+                self.cache.put(keys[i], data)
+                found[i] = data
+        self.cache.count(hits=len(keys) - len(asked), misses=len(asked))
+        return [found[i] if i in found else found[first[keys[i].id]] for i in range(len(keys))]
+
 
 class CachedCaptioner(_Cached):
     backend: Captioner
 
     def caption(self, images: Sequence[Image.Image]) -> list[str]:
         """One caption per image; only the images without a cached caption go to the backend, in one batch."""
-        keys = [self.key(image_hash(im)) for im in images]
-        found: dict[int, str] = {}
-        for i, key in enumerate(keys):
-            data = self.cache.get(key)
-            if data is not None:
-                found[i] = data.decode("utf-8")
-        missing = [i for i in range(len(images)) if i not in found]
-        first = {}  # an image twice in one batch (a crop two units share) is captioned once
-        for i in missing:
-            first.setdefault(keys[i].id, i)
-        asked = list(first.values())
-        if asked:
-            if self.cache.replay:
-                self.cache.refuse(keys[asked[0]])
-            self._spend()
+
+        def compute(asked: list[int]) -> list[bytes]:
             made = self.backend.caption([images[i] for i in asked])
-            if len(made) != len(asked) or not all(isinstance(c, str) for c in made):
-                raise BackendError(f"captioner {self.identity.kind} returned {len(made)} captions for {len(asked)} images")
-            for i, text in zip(asked, made, strict=True):
-                self.cache.put(keys[i], text.encode("utf-8"))
-                found[i] = text
-            for i in missing:
-                found[i] = found[first[keys[i].id]]
-        self.cache.count(hits=len(images) - len(asked), misses=len(asked))
-        return [found[i] for i in range(len(images))]
+            if not all(isinstance(c, str) for c in made):
+                raise BackendError(f"captioner {self.identity.kind} returned something other than text")
+            return [c.encode("utf-8") for c in made]
+
+        return [data.decode("utf-8") for data in self._batch([self.key(image_hash(im)) for im in images], compute)]
 
 
 class CachedSummarizer(_Cached):
@@ -122,29 +131,18 @@ class CachedGenerator(_Cached):
 
     def generate(self, concept: str, seeds: Sequence[int]) -> list[GeneratedImage] | None:
         """One image per seed of ``concept`` (None: the backend cannot draw it); cached per seed."""
-        inputs = content_hash(concept)
-        keys = [self.key(inputs, int(s)) for s in seeds]
-        found: dict[int, bytes] = {}
-        for i, key in enumerate(keys):
-            data = self.cache.get(key)
-            if data is not None:
-                found[i] = data
-        missing = [i for i in range(len(keys)) if i not in found]
-        if missing:
-            if self.cache.replay:
-                self.cache.refuse(keys[missing[0]])
-            self._spend()
-            made = self.backend.generate(concept, [int(seeds[i]) for i in missing])
-            if made is not None and len(made) != len(missing):
-                raise BackendError(f"generator {self.identity.kind} drew {len(made)} images for {len(missing)} seeds")
-            for j, i in enumerate(missing):
-                data = b"" if made is None else png_bytes(made[j].convert("RGB"))
-                self.cache.put(keys[i], data)
-                found[i] = data
-        self.cache.count(hits=len(keys) - len(missing), misses=len(missing))
-        if any(not found[i] for i in range(len(keys))):
+        keys = [self.key(content_hash(concept), int(s)) for s in seeds]
+
+        def compute(asked: list[int]) -> list[bytes]:
+            made = self.backend.generate(concept, [int(seeds[i]) for i in asked])
+            if made is None:  # not drawable: remembered as empty entries, so it is not asked again
+                return [b""] * len(asked)
+            return [png_bytes(image.convert("RGB")) for image in made]
+
+        found = self._batch(keys, compute)
+        if not all(found):
             return None
-        return [GeneratedImage(keys[i], _open(found[i])) for i in range(len(keys))]
+        return [GeneratedImage(key, _open(data)) for key, data in zip(keys, found, strict=True)]
 
 
 def _open(data: bytes) -> Image.Image:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field, SerializeAsAny, field_validator
+from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator
 
 from discover_ray.backends.base import BackendConfig, BackendContext, Role, build_backend, memoised, parse_backend
 from discover_ray.backends.cache import CallCache
@@ -20,10 +20,12 @@ from discover_ray.backends.limits import CallBudget
 from discover_ray.config_files import Strict
 from discover_ray.errors import ConfigError
 
-__all__ = ["BackendSet", "BackendsConfig", "CachedBackends"]
+__all__ = ["BackendSet", "BackendsConfig", "CachedBackends", "parse_section"]
 
 
-def _section(role: Role, value: Any) -> Any:
+def parse_section(role: Role, value: Any) -> Any:
+    """A config validator's view of a backend section: None and parsed sections as they are, a dict parsed by its
+    kind (a bad one a ``ValueError``, which pydantic reports at the field)."""
     if value is None or isinstance(value, BackendConfig):
         return value
     try:
@@ -39,20 +41,10 @@ class BackendsConfig(Strict):
     replay: bool = Field(False, description="answer every call from the cache; a missing entry is an error")
     calls: int | None = Field(None, ge=0, description="the run's budget of backend calls (cache misses)")
 
-    @field_validator("captioner", mode="before")
+    @field_validator("captioner", "summarizer", "generator", mode="before")
     @classmethod
-    def _captioner(cls, value: Any) -> Any:
-        return _section("captioner", value)
-
-    @field_validator("summarizer", mode="before")
-    @classmethod
-    def _summarizer(cls, value: Any) -> Any:
-        return _section("summarizer", value)
-
-    @field_validator("generator", mode="before")
-    @classmethod
-    def _generator(cls, value: Any) -> Any:
-        return _section("generator", value)
+    def _section(cls, value: Any, info: ValidationInfo) -> Any:
+        return parse_section(info.field_name, value)  # type: ignore[arg-type]
 
     def require(self, role: Role, who: str) -> BackendConfig:
         section = getattr(self, role)

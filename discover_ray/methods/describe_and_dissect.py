@@ -196,9 +196,7 @@ class DescribeAndDissect(Method):
 def _settings(params: Any) -> Any:
     from discover_ray.describe import DescribeSettings
 
-    return DescribeSettings(params.top_images, params.crops, params.crop_size, params.caption_images, params.summaries,
-                            params.images_per_candidate, params.beta, params.top_generated, params.temperature, 3,
-                            params.concurrency)
+    return DescribeSettings(**{f: getattr(params, f) for f in DescribeSettings.__dataclass_fields__ if hasattr(params, f)})
 
 
 def _top_images(activations: np.ndarray, image_ids: list[str], units: tuple[int, ...], k: int) -> dict[int, list[str]]:

@@ -131,6 +131,5 @@ STAGES_BY_TABLE: dict[str, type[ReduceStage]] = {"explanations": ExplainStage}
 
 
 def stage_for(method: Method) -> type[ReduceStage]:
-    from discover_ray.dissection.stages import describe  # noqa: F401  (registers DESCRIBE for descriptions)
-
+    """The stage kind of ``method`` (a stage module registers itself here when ``dissection.stages`` is imported)."""
     return STAGES_BY_TABLE.get(method.writes, ReduceStage)
