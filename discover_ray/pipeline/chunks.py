@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from discover_ray.errors import InputChanged, ProbeError
+from discover_ray.faults import fault_point
 from discover_ray.pipeline.stage import Head, ShardOutput
 from discover_ray.probe import ProbeSet, decode_images, preprocess_batch
 from discover_ray.probe.pixels import PixelFormat
@@ -119,6 +120,8 @@ class ChunkSource:
         self._store: Store | None = None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for position in range(int(batch["start"][0]), int(batch["stop"][0])):
+            fault_point("image", index=position)
         if self.cache is not None and int(batch["shard"][0]) in self.cache.cached:
             return self._read(batch)
         return self._decode(batch)

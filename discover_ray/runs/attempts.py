@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
+from discover_ray.faults import fault_point
 from discover_ray.runs.record import RunRecord, StageEvent
 from discover_ray.store import Store, safe_segment
 
@@ -44,11 +45,13 @@ class Attempt:
         return cls(store, record)
 
     def _write_header(self) -> None:
+        fault_point("record_write", detail=f"{self.folder}/{ATTEMPT_FILE}")
         self.store.write_json(f"{self.folder}/{ATTEMPT_FILE}", self.record.model_dump(mode="json", exclude={"stages"}),
                               sort_keys=False)
 
     def event(self, event: StageEvent) -> None:
         event = event.model_copy(update={"at": _now()})
+        fault_point("record_write", detail=f"{self.folder}/events")
         self.store.write_json(f"{self.folder}/events/{len(self.record.stages):05d}.json", event.model_dump(mode="json"),
                               sort_keys=False)
         self.record.stages.append(event)
@@ -57,6 +60,7 @@ class Attempt:
         self.record = self.record.model_copy(update={"status": status, "finished": _now(), "error": error})
         self._write_header()
         if status == "succeeded":
+            fault_point("record_write", detail=f"runs/{self.record.run_id}/{RUN_FILE}")
             self.store.write_json(f"runs/{self.record.run_id}/{RUN_FILE}", self.record.model_dump(mode="json"),
                                   sort_keys=False)
         return self.record

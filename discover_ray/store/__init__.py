@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from discover_ray.errors import DatasetError
+from discover_ray.faults import fault_point
 from discover_ray.ids import content_id
 from discover_ray.schema import VERSIONS, failed_of
 
@@ -95,6 +96,7 @@ class Store:
             try:
                 with self.fs.open(temporary, "wb") as handle:
                     handle.write(data)
+                    fault_point("store_write", detail=relative)
                 self.fs.mv(temporary, final)
             finally:
                 if self.fs.exists(temporary):
@@ -102,6 +104,7 @@ class Store:
         else:  # an object put is atomic on object stores
             with self.fs.open(final, "wb") as handle:
                 handle.write(data)
+                fault_point("store_write", detail=relative)
 
     def write_json(self, relative: str, obj: Any, sort_keys: bool = True) -> None:
         self.write_bytes(relative, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str).encode("utf-8"))
@@ -158,6 +161,7 @@ class Dataset:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, **write_options)
         self.store.write_bytes(f"{self.relative}/{self.part_name(index)}", sink.getvalue().to_pybytes())
+        fault_point("part_written", detail=f"{self.relative}/{self.part_name(index)}")
         return True
 
     def parts(self) -> list[int]:
@@ -209,6 +213,7 @@ class Dataset:
             rows += have
         marker = {"key": self.key, "table": self.table, "version": VERSIONS.get(self.table), "rows": rows,
                   "parts": sorted(expected), **extra}
+        fault_point("before_commit", detail=self.relative)
         self.store.write_json(f"{self.relative}/{SUCCESS}", marker)
         return marker
 
