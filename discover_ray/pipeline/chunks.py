@@ -24,8 +24,8 @@ import torch
 from discover_ray.errors import InputChanged, ProbeError
 from discover_ray.faults import fault_point
 from discover_ray.pipeline.stage import Head, ShardOutput
-from discover_ray.probe import ProbeSet, decode_images, preprocess_batch
-from discover_ray.probe.pixels import PixelFormat
+from discover_ray.probe import ProbeSet, decode_images
+from discover_ray.probe.pixels import PixelFormat, split_preprocess
 from discover_ray.schema import failed_of, read_pixels
 from discover_ray.store import Store
 
@@ -118,6 +118,7 @@ class ChunkSource:
         self.source, self.preprocess, self.cache, self.raw_shards = probe, preprocess, cache, raw_shards
         self._probe: ProbeSet | None = None
         self._store: Store | None = None
+        self._split: tuple[PixelFormat | None] | None = None  # the transform's split, once worked out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for position in range(int(batch["start"][0]), int(batch["stop"][0])):
@@ -127,24 +128,53 @@ class ChunkSource:
         return self._decode(batch)
 
     def _decode(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Unreadable images are listed, not raised (the failure budget is probe-wide)."""
+        """Each image is cut to the model's input geometry as soon as it is decoded (the transform's head, JPEGs
+        far larger than that draft-decoded), so a chunk never holds images at full resolution; the same steps
+        in the same order as on whole chunks, so the pixels are the same. Unreadable images are listed, not
+        raised (the failure budget is probe-wide)."""
         if self._probe is None:
             self._probe = self.source.open() if isinstance(self.source, ProbeHandle) else self.source
         start, stop = int(batch["start"][0]), int(batch["stop"][0])
-        decoded = decode_images(self._probe, self._probe.images[start:stop], failure_budget=1.0)
-        position = {im.image_id: start + i for i, im in enumerate(self._probe.images[start:stop])}
+        images = self._probe.images[start:stop]
+        fmt = self._format()
+        if fmt is not None:
+            decoded = decode_images(self._probe, images, failure_budget=1.0, draft=fmt.draft_size,
+                                    convert=lambda image: fmt.apply(image.convert("RGB")))
+        else:  # a transform that does not split: all of it, image by image
+            decoded = decode_images(self._probe, images, failure_budget=1.0,
+                                    convert=lambda image: self.preprocess(image.convert("RGB")))
+        position = {im.image_id: start + i for i, im in enumerate(images)}
         out = _chunk(batch, [im.image_id for im in decoded.kept], [(i, why, position[i]) for i, why in decoded.failed])
-        fmt = self.cache.format if self.cache is not None else None
-        raw = fmt.to_uint8(decoded.images) if fmt is not None else None
+        raw = fmt.stack(decoded.images) if fmt is not None else None
         if raw is not None:
-            if int(batch["shard"][0]) in self.raw_shards:
+            if self.cache is not None and int(batch["shard"][0]) in self.raw_shards:
                 out["raw"] = raw[None]
             out["pixels"] = fmt.to_tensor(raw).numpy()[None]
         elif decoded.images:
-            out["pixels"] = preprocess_batch(decoded.images, self.preprocess).numpy()[None]
+            tail = self._tail(fmt)
+            out["pixels"] = torch.stack([tail(head) for head in decoded.images]).numpy()[None]
         else:
             out["pixels"] = np.zeros((1, 0, 3, 1, 1), dtype=np.float32)
         return out
+
+    def _format(self) -> PixelFormat | None:
+        """The cache's pixel format, else the transform's head and tail (``None``: it does not split)."""
+        if self.cache is not None:
+            return self.cache.format
+        if self._split is None:
+            self._split = (split_preprocess(self.preprocess),)
+        return self._split[0]
+
+    def _tail(self, fmt: PixelFormat | None) -> Callable[[Any], torch.Tensor]:
+        """What of the transform is left to run on one decoded image: the steps after the head (the head's
+        outputs differ in size or mode, so they are not stacked first), or nothing (it all ran)."""
+        if fmt is None:
+            return lambda done: done
+        steps = list(getattr(self.preprocess, "transforms", ()))
+        assert [repr(s) for s in steps[: len(fmt.head)]] == [repr(s) for s in fmt.head], "the cache is of another head"
+        from torchvision import transforms as T
+
+        return T.Compose(steps[len(fmt.head):])
 
     def _read(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The chunk's rows of its shard's cache part: only the row groups it overlaps are read."""

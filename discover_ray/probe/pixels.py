@@ -8,6 +8,7 @@ that uses the same preprocessing. The tail, x / 255 then (x − mean) / std, run
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from PIL import Image
 
 from discover_ray.ids import content_id
 
-__all__ = ["PixelFormat", "split_preprocess"]
+__all__ = ["DRAFT_MARGIN", "PixelFormat", "split_preprocess"]
 
+DRAFT_MARGIN = 2  # JPEG draft decoding keeps at least this many times the pixels the Resize needs
 _UNSTABLE_REPR = re.compile(r" at 0x[0-9a-f]+|Lambda\(")  # a repr that does not say what the step does
 
 
@@ -40,19 +42,42 @@ class PixelFormat:
             return None
         return content_id("pixels\0" + "\0".join(described))
 
-    def to_uint8(self, images: Sequence[Image.Image]) -> np.ndarray | None:
-        """The head's output as one (n, H, W, 3) uint8 array; ``None`` if an output is not an RGB image or
-        the sizes differ (then only the full per-image transform applies)."""
-        heads = []
-        for image in images:
-            for step in self.head:
-                image = step(image)
-            heads.append(image)
+    def apply(self, image: Any) -> Any:
+        """The head on one image: what decoding keeps of it (run as each image is decoded, so a chunk never
+        holds images at full resolution)."""
+        for step in self.head:
+            image = step(image)
+        return image
+
+    def draft_size(self, size: tuple[int, int]) -> tuple[int, int] | None:
+        """For a JPEG of ``size`` (w, h): the size to ask ``Image.draft`` for, or ``None`` to decode it whole.
+
+        Only a head that starts with a ``Resize`` says how many pixels it needs. JPEG draft decoding scales by
+        1/2, 1/4 or 1/8 in the DCT, which changes pixel values a little; so it is asked only for images at least
+        ``2 * DRAFT_MARGIN`` times larger than the Resize needs, and keeps ``DRAFT_MARGIN`` times what it needs:
+        the Resize's own antialiased filter still does at least half of the reduction. For a ``Resize(256)``
+        only images of 1024 pixels or more on the short side are drafted; smaller ones decode exactly as before.
+        """
+        needed = _resized(self.head[0], size) if self.head else None
+        if needed is None:
+            return None
+        target = (needed[0] * DRAFT_MARGIN, needed[1] * DRAFT_MARGIN)
+        if min(size[0] // target[0], size[1] // target[1]) < 2:
+            return None
+        return target
+
+    def stack(self, heads: Sequence[Any]) -> np.ndarray | None:
+        """Head outputs as one (n, H, W, 3) uint8 array; ``None`` if an output is not an RGB image or the sizes
+        differ (then the transform's tail runs on each image)."""
         if not heads:
             return np.zeros((0, 1, 1, 3), np.uint8)
         if not all(isinstance(h, Image.Image) and h.mode == "RGB" and h.size == heads[0].size for h in heads):
             return None
         return np.stack([np.asarray(h) for h in heads])
+
+    def to_uint8(self, images: Sequence[Image.Image]) -> np.ndarray | None:
+        """The head on each image, stacked (see ``stack``)."""
+        return self.stack([self.apply(image) for image in images])
 
     def to_tensor(self, pixels: np.ndarray) -> torch.Tensor:
         """(n, H, W, 3) uint8 → (n, 3, H, W) float32: x / 255, then each (x − mean) / std, in that order
@@ -62,6 +87,22 @@ class PixelFormat:
             x.sub_(torch.as_tensor(mean, dtype=x.dtype).view(1, -1, 1, 1))
             x.div_(torch.as_tensor(std, dtype=x.dtype).view(1, -1, 1, 1))
         return x.contiguous()
+
+
+def _resized(step: Any, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The (w, h) a torchvision ``Resize`` gives an image of ``size``, at least (``max_size`` can only shrink
+    it); ``None`` for any other step."""
+    from torchvision import transforms as T
+
+    if not isinstance(step, T.Resize):
+        return None
+    wanted = step.size
+    if isinstance(wanted, int) or len(wanted) == 1:
+        short = wanted if isinstance(wanted, int) else wanted[0]
+        w, h = size
+        scale = short / max(min(w, h), 1)
+        return max(math.ceil(w * scale), 1), max(math.ceil(h * scale), 1)
+    return int(wanted[1]), int(wanted[0])
 
 
 def split_preprocess(transform: Callable[[Any], Any]) -> PixelFormat | None:

@@ -6,10 +6,10 @@ from discover_ray.errors import RunNotFound, UnknownName
 from discover_ray.runs.attempts import ATTEMPT_FILE, RUN_FILE, attempt_folder
 from discover_ray.runs.record import LabelEntry, RunRecord, StageEvent
 from discover_ray.schema import Descriptions, Explanations, Labels, Scores
-from discover_ray.store import Store, safe_segment
+from discover_ray.store import Store, is_safe_segment
 
 __all__ = ["READERS", "list_runs", "load_attempts", "load_run", "read_labels", "read_simulation", "read_verification",
-           "referenced_datasets"]
+           "referenced_datasets", "run_folder"]
 
 #: how each kind of label table a method writes is read back
 READERS: dict[str, type[Labels] | type[Explanations] | type[Descriptions]] = {
@@ -20,11 +20,21 @@ def list_runs(store: Store | str) -> list[str]:
     return Store.of(store).listdir("runs")
 
 
+def run_folder(run_id: str) -> str:
+    """``runs/{run_id}``; a run id that is not one folder name (``../x``, typed on the command line) is refused
+    before the store is touched."""
+    if not isinstance(run_id, str) or not is_safe_segment(run_id):
+        raise RunNotFound(f"{run_id!r} is not a run id: run ids are the names `discover dissect` prints (one folder "
+                          "under the store's runs/, no '/' or '..'); `ls STORE/runs` lists them")
+    return f"runs/{run_id}"
+
+
 def load_attempts(store: Store | str, run_id: str) -> list[RunRecord]:
     """Every attempt of a run, oldest first, with its events (a killed attempt stays ``running``)."""
+    folder_of_run = run_folder(run_id)
     store = Store.of(store)
     out = []
-    for attempt in store.listdir(f"runs/{safe_segment(run_id, 'run id')}/attempts"):
+    for attempt in store.listdir(f"{folder_of_run}/attempts"):
         folder = attempt_folder(run_id, attempt)
         if not store.exists(f"{folder}/{ATTEMPT_FILE}"):
             continue
@@ -37,8 +47,8 @@ def load_attempts(store: Store | str, run_id: str) -> list[RunRecord]:
 
 def load_run(store: Store | str, run_id: str) -> RunRecord:
     """The record of a run's latest successful attempt; a run that never succeeded is an error saying why."""
+    relative = f"{run_folder(run_id)}/{RUN_FILE}"
     store = Store.of(store)
-    relative = f"runs/{safe_segment(run_id, 'run id')}/{RUN_FILE}"
     if store.exists(relative):
         return RunRecord.model_validate(store.read_json(relative))
     attempts = load_attempts(store, run_id)
@@ -57,6 +67,7 @@ def read_labels(
     concept labels (``Labels``), weighted explanations (``Explanations``, ``entry.table == "explanations"``) or
     free-text descriptions (``Descriptions``, Describe-and-Dissect's candidates with their evidence); all read
     as unit → ranked concepts."""
+    run_folder(run_id)  # a path is refused before the store is opened
     store = Store.of(store)
     run = load_run(store, run_id)
     chosen = [

@@ -149,3 +149,15 @@ def test_batched_preprocess_equals_the_per_image_transform():
     ):
         expected = torch.stack([transform(im) for im in images])
         assert torch.equal(preprocess_batch(images, transform), expected)
+
+
+def test_image_limits_survive_selection_and_pickling(folder):
+    import pickle
+
+    from discover_ray.probe import ImageLimits
+
+    probe = ProbeSet.from_folder(str(folder)).capped(ImageLimits(max_pixels=10, max_bytes=10**6))
+    for chosen in (probe.limit(2), probe.sample(3, seed=1), pickle.loads(pickle.dumps(probe))):
+        assert chosen.limits == ImageLimits(10, 10**6)
+        failed = decode_images(chosen, chosen.images, failure_budget=1.0).failed
+        assert len(failed) == len(chosen) and all(why.startswith("too large: the image is 8x8") for _, why in failed)

@@ -18,12 +18,13 @@ from discover_ray.config import DissectConfig
 from discover_ray.cvn import lwta_modules, seed_examples, set_deterministic
 from discover_ray.dissection.models import PreparedModel, seeded_load
 from discover_ray.dissection.stages.decode import DecodeStage
+from discover_ray.errors import NonFiniteActivations
 from discover_ray.models import ModelSpec
 from discover_ray.pipeline.chunks import chunk_ids
 from discover_ray.pipeline.stage import CacheRef, Head, ModelStage, Output, ShardOutput, shard_lengths, stage_key
 from discover_ray.record import ConvPool, TokenPool, recording
-from discover_ray.schema import VERSIONS, activation_table
-from discover_ray.store import Store, safe_segment
+from discover_ray.schema import VERSIONS, activation_table, unit_names
+from discover_ray.store import Store, config_hash, safe_segment
 
 __all__ = ["ActivationRecorder", "RecordStage", "image_seed"]
 
@@ -82,7 +83,9 @@ class RecordStage(ModelStage):
             dataset = store.dataset(f"activations/{model.checkpoint_id}/{probe_id}/{safe_segment(layer, 'layer name')}",
                                     key, "activations")
             outputs.append(Output(layer, dataset, expected))
-        loader = decode.loader if decode is not None else f"model:{model.label}:{model.checkpoint_id}"
+        # models that load images the same way share one pass (one actor pool, each image loaded once): by the
+        # pixel cache they read, or, without one, by their preprocessing
+        loader = decode.loader if decode is not None else f"preprocess:{config_hash(repr(model.preprocess))}"
         super().__init__(model.label, outputs, loader=loader, batch_size=config.record.batch_size)
 
     def transform(self) -> Any:
@@ -100,15 +103,40 @@ class RecordStage(ModelStage):
         return Head("record", ActivationRecorder, kwargs, shards)
 
     def write(self, outputs: list[Output], shard: ShardOutput, head: dict[str, np.ndarray]) -> None:
+        """Every layer of the shard is checked before any part is written: NaN or inf activations would be
+        committed and then fail every REDUCE that reads them, without saying where they came from."""
+        acts = {o.name: head.get(f"acts/{o.name}", np.zeros((0, 0), np.float32)) for o in outputs}
+        for layer, values in acts.items():
+            self._check_finite(layer, values, shard)
         for output in outputs:
             layer = output.name
-            values = head.get(f"acts/{layer}", np.zeros((0, 0), np.float32))
+            values = acts[layer]
             table = activation_table(
                 shard.image_ids, values, self.model.block_sizes[layer], failed=shard.failed,
                 active_fraction=head.get(f"active/{layer}") if self.model.block_sizes[layer] > 1 else None,
                 layer=layer, model=self.model.label, checkpoint_id=self.model.checkpoint_id,
                 conv_pool=self.config.record.conv_pool)
             output.dataset.write_part(shard.shard, table)
+
+    def _check_finite(self, layer: str, values: np.ndarray, shard: ShardOutput) -> None:
+        """NaN or ±inf (also after the cast to the stored float32) is an error naming the model, the layer, the
+        first bad units and images, and where such values come from."""
+        stored = np.asarray(values, dtype=np.float32)
+        bad = ~np.isfinite(stored)
+        if not bad.any():
+            return
+        units = unit_names(values.shape[1], self.model.block_sizes[layer])
+        bad_units = [units[j] for j in np.flatnonzero(bad.any(axis=0))]
+        bad_images = [shard.image_ids[i] for i in np.flatnonzero(bad.any(axis=1))]
+        kinds = " and ".join(k for k, found in (("NaN", np.isnan(stored).any()), ("infinite", np.isinf(stored).any()))
+                             if found)
+        raise NonFiniteActivations(
+            f"model {self.model.label!r} (checkpoint {self.model.checkpoint_id}) gave {kinds} activations in layer "
+            f"{layer!r}: {int(bad.sum())} values of {len(bad_units)} of {len(units)} units over {len(bad_images)} of "
+            f"{len(shard.image_ids)} images of shard {shard.shard}; first units {bad_units[:5]}, first images "
+            f"{bad_images[:3]}. No part of this shard of the model was written. Check the checkpoint (NaN or huge "
+            "weights, a diverged training run), the preprocessing (image_size, mean and std), and fp16/bf16 "
+            "overflow (record in float32)")
 
     def marker(self, output: Output) -> dict[str, Any]:
         return {"units": self.model.units[output.name], "block_size": self.model.block_sizes[output.name],
