@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointMismatch",
+    "ClusterStalled",
     "ConfigError",
     "DatasetError",
     "DiscoverError",
@@ -16,9 +17,13 @@ __all__ = [
     "IncompatibleRuns",
     "InputChanged",
     "InputNotFound",
+    "NonFiniteActivations",
     "ProbeError",
     "ReportFolderError",
+    "RunInProgress",
     "RunNotFound",
+    "StageCrashed",
+    "TransientReadError",
     "UnknownName",
     "WeightsUnavailableError",
 ]
@@ -77,3 +82,26 @@ class ReportFolderError(DiscoverError, FileExistsError):
 
 class ExplainInputError(DiscoverError, ValueError):
     """Activations, concept values or a split that an explanation method cannot use (NaN, empty, misaligned)."""
+
+
+class TransientReadError(DiscoverError, RuntimeError):
+    """An input could not be read because of a passing fault (throttling, a 5xx answer, a reset connection), even
+    after retries: the task fails so that it runs again, instead of counting the input as bad."""
+
+
+class NonFiniteActivations(DiscoverError, ValueError):
+    """A model produced NaN or infinite activations; the message names the model, layer, units and images."""
+
+
+class ClusterStalled(DiscoverError, RuntimeError):
+    """A stage made no progress for ``ray.no_progress_timeout_s`` (a node was lost and nothing can take its
+    work, or the cluster is too small for what the stage reserves); the message says what the cluster has."""
+
+
+class StageCrashed(DiscoverError, RuntimeError):
+    """A chunk or a task kept killing the worker that ran it (``ray.max_retries`` retries used up); the message
+    names the stage, the chunk's shard and images or the task, and how many times it crashed."""
+
+
+class RunInProgress(DiscoverError, RuntimeError):
+    """Another job holds the run's lease (the same run is being computed now); the message names it and what to do."""

@@ -70,35 +70,57 @@ def make_executor(executor: str | Executor | None, config: DissectConfig) -> Exe
     return executor
 
 
-def dissect(config: DissectConfig, *, executor: str | Executor | None = None, console: Console | None = None) -> DissectResult:
-    """Run (or resume) a dissection; returns where everything went. Raises on bad input, before any work."""
+def dissect(config: DissectConfig, *, executor: str | Executor | None = None, console: Console | None = None,
+            lease_wait_s: float | None = None) -> DissectResult:
+    """Run (or resume) a dissection; returns where everything went. Raises on bad input, before any work.
+
+    One job at a time computes a run: while another holds the run's lease (``runs.lease``) this one waits up
+    to ``lease_wait_s`` seconds (default ``DISCOVER_LEASE_WAIT_S``, else 0), then stops with ``RunInProgress``."""
+    from discover_ray.runs.lease import RunLease
+
     console = console or Console(stderr=True)
     began = time.perf_counter()
     store = Store(config.store)
     plan = plan_dissection(config, store)
     for note in plan.notes:
         console.print(note, highlight=False)
-    runner_executor = make_executor(executor, config)
-    attempt = Attempt.begin(store, plan.header())
-    attempt.event(StageEvent(stage="PREPARE", title="inputs", status="done", seconds=round(time.perf_counter() - began, 3)))
-    printer = _Printer(console, config.ray.progress)
-
-    def on_event(event: Event) -> None:
-        attempt.event(StageEvent(stage=event.stage, title=event.title, status=event.status,  # type: ignore[arg-type]
-                                 seconds=round(event.seconds, 3), outputs=event.outputs, counts=event.counts))
-        printer.event(event)
-
+    lease = RunLease(store, plan.run_id, wait_s=lease_wait_s).acquire()  # before anything of the run is written
     try:
-        Runner(runner_executor, plan.probe_context, on_event, printer).run(plan.stages)
-        attempt.record = _results(plan, attempt.record, runner_executor)
-        printer.done(plan, attempt.record)
-        record = attempt.finish("succeeded")
-    except BaseException as err:
-        attempt.record.executor = runner_executor.describe()
-        attempt.finish("failed", f"{type(err).__name__}: {err}")
-        raise
+        if lease.took_over is not None:
+            owner = lease.took_over.get("owner") or {}
+            console.print(f"took over the lapsed lease of run {plan.run_id} (pid {owner.get('pid')} on "
+                          f"{owner.get('host')}, expiring {lease.took_over.get('expires')})", highlight=False)
+        store.sweep_temporaries(f"runs/{plan.run_id}", recursive=True)  # what a killed attempt left half-written
+        runner_executor = make_executor(executor, config)
+        try:
+            attempt = Attempt.begin(store, plan.header())
+            attempt.event(StageEvent(stage="PREPARE", title="inputs", status="done",
+                                     seconds=round(time.perf_counter() - began, 3)))
+            printer = _Printer(console, config.ray.progress)
+
+            def on_event(event: Event) -> None:
+                lease.check()  # another job took the run over (ours lapsed): stop rather than run it twice
+                attempt.event(StageEvent(stage=event.stage, title=event.title, status=event.status,  # type: ignore[arg-type]
+                                         seconds=round(event.seconds, 3), outputs=event.outputs, counts=event.counts))
+                printer.event(event)
+
+            try:
+                Runner(runner_executor, plan.probe_context, on_event, printer).run(plan.stages)
+                attempt.record = _results(plan, attempt.record, runner_executor)
+                printer.done(plan, attempt.record)
+                record = attempt.finish("succeeded")
+            except BaseException as err:
+                try:
+                    attempt.record.executor = runner_executor.describe()
+                    attempt.finish("failed", f"{type(err).__name__}: {err}")
+                except Exception as unrecorded:  # e.g. the disk is still full: the first error is the one to report
+                    err.add_note(f"the attempt {store.path(attempt.folder)} could not be recorded as failed: "
+                                 f"{type(unrecorded).__name__}: {unrecorded}")
+                raise
+        finally:
+            runner_executor.close()
     finally:
-        runner_executor.close()
+        lease.release()
     return DissectResult(plan.run_id, store.root, record)
 
 

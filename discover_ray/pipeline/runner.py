@@ -6,7 +6,8 @@ For each stage, in plan order:
    *skipped* (an event says so);
 2. otherwise the parts already there (left by an interrupted run of the same key: the key is in the path,
    so they can only be that) are kept, and only the missing parts are computed — model stages that load
-   the probe set the same way in one pass, task stages part by part — by the executor;
+   the probe set the same way in one pass, task stages part by part — by the executor (a task stage whose
+   marker sums up the assembly of its parts, ``resumes_parts = False``, computes them all again);
 3. each finished part is written atomically as it arrives; once all are there every output is committed
    (``Dataset.commit`` checks parts and row counts) and a *done* event with timings and counts is emitted.
 
@@ -124,12 +125,14 @@ class Runner:
     # -- what is left to do -------------------------------------------------------------------------
     @staticmethod
     def _todo(stage: Stage) -> dict[str, list[int]]:
-        """Per output that is not committed, the parts still missing."""
+        """Per output that is not committed, the parts still missing (every part, for a task stage that does not
+        resume parts: its marker sums up what assembling them found, which a part left by a killed run lacks)."""
         left = {}
         for output in stage.outputs:
             if output.dataset.is_committed():
                 continue
-            present = set(output.dataset.parts())
+            keeps = isinstance(stage, ModelStage) or (isinstance(stage, TaskStage) and stage.resumes_parts)
+            present = set(output.dataset.parts()) if keeps else set()
             left[output.name] = [p for p in output.parts if p not in present]
         return left
 

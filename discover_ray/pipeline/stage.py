@@ -120,6 +120,9 @@ class TaskStage(Stage):
     #: the name of a pool of long-lived workers that run this stage's tasks and keep what they load (models of
     #: backends) between tasks and stages; None: plain tasks
     resident: ClassVar[str | None] = None
+    #: whether a part an interrupted run left is kept; False when the marker sums up what assembling the parts found
+    #: (a method's counts, neuron identification): then every part of an uncommitted output is computed again
+    resumes_parts: ClassVar[bool] = True
 
     def payload_key(self) -> tuple[str, ...]:
         """Stages whose payload keys are equal share one loaded payload (the runner keeps the last)."""

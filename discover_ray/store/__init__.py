@@ -6,14 +6,23 @@ matters write to different directories; two that agree share one. A dataset coun
 its ``_SUCCESS.json`` is written, last, after ``commit`` has checked that every expected part is there
 with the expected number of rows; after that no run writes to it again (``gc`` is the only thing that
 removes datasets). Parts are written atomically (a temporary name renamed into place locally; a single
-object put on object stores), so a part is whole or absent, and an interrupted writer of a key leaves
-only parts that a resumed writer of the same key would write bit for bit the same.
+object put, or a multipart upload completed, on object stores), so a part is whole or absent, and an
+interrupted writer of a key leaves only parts that a resumed writer of the same key would write bit for
+bit the same. A write that fails leaves nothing: its temporary file is removed, its multipart upload
+aborted. A writer killed mid-write leaves a temporary file named after its host and pid
+(``.tmp-{pid}@{host}@{uuid}-{name}``); the next commit of that dataset (and the next run of that run id)
+removes it once that process is gone (or, from another host, once it is older than ``STALE_TEMPORARY_S``).
+A multipart upload of a killed writer stays invisible; a bucket lifecycle rule
+(``AbortIncompleteMultipartUpload``) frees its storage.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import socket
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,11 +38,13 @@ from discover_ray.faults import fault_point
 from discover_ray.ids import content_id
 from discover_ray.schema import VERSIONS, failed_of
 
-__all__ = ["DEFAULT_ROOT", "SUCCESS", "Dataset", "Store", "config_hash", "safe_segment"]
+__all__ = ["DEFAULT_ROOT", "SUCCESS", "Dataset", "Store", "config_hash", "is_safe_segment", "safe_segment"]
 
 DEFAULT_ROOT = "./discover-runs"
 SUCCESS = "_SUCCESS.json"
 PART = "part-{:05d}.parquet"
+TEMPORARY = ".tmp-"  # prefix of the temporary files of local writes
+STALE_TEMPORARY_S = 3600.0  # a temporary file of another host's writer older than this is abandoned
 
 
 def config_hash(config: Any) -> str:
@@ -41,9 +52,16 @@ def config_hash(config: Any) -> str:
     return content_id(json.dumps(config, sort_keys=True, separators=(",", ":"), default=str))
 
 
+def is_safe_segment(name: str) -> bool:
+    """Whether ``name`` can be one path segment of the store: not empty, no separators, not ``.``/``..``, no
+    control characters (so a name from a config or the command line can never reach outside its folder)."""
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") and \
+        not any(ord(c) < 32 or ord(c) == 127 for c in name)
+
+
 def safe_segment(name: str, what: str = "name") -> str:
-    """A name that becomes one path segment of the store: no separators, no ``.``/``..``, no control characters."""
-    if not name or "/" in name or "\\" in name or name in (".", "..") or any(ord(c) < 32 for c in name):
+    """A name that becomes one path segment of the store (see ``is_safe_segment``)."""
+    if not is_safe_segment(name):
         raise DatasetError(f"{what} {name!r} cannot be a path segment of the store (no '/', '..' or control characters)")
     return name
 
@@ -88,30 +106,71 @@ class Store:
         return posixpath.join(self.base, relative) if relative else self.base
 
     def write_bytes(self, relative: str, data: bytes) -> None:
-        """Write a file atomically: readers see the old content or the new one, never a part of it."""
+        """Write a file atomically: readers see the old content or the new one, never a part of it; a write that
+        fails (a full disk, an upload refused) leaves nothing behind and raises its own error."""
         final = self.path(relative)
         self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
         if self.is_local:
-            temporary = posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(final)}")
+            name = f"{TEMPORARY}{os.getpid()}@{socket.gethostname()}@{uuid.uuid4().hex}-{posixpath.basename(final)}"
+            temporary = posixpath.join(posixpath.dirname(final), name)
             try:
                 with self.fs.open(temporary, "wb") as handle:
                     handle.write(data)
                     fault_point("store_write", detail=relative)
                 self.fs.mv(temporary, final)
+            except Exception as err:
+                _note_failed_write(err, final)
+                raise
             finally:
-                if self.fs.exists(temporary):
-                    self.fs.rm(temporary)
-        else:  # an object put is atomic on object stores
-            with self.fs.open(final, "wb") as handle:
-                handle.write(data)
-                fault_point("store_write", detail=relative)
+                try:
+                    if os.path.lexists(temporary):
+                        os.remove(temporary)
+                except OSError:
+                    pass  # never hide the write's own error behind the clean-up's; the next commit sweeps it
+            return
+        # object stores: one put when small; a multipart upload (s3fs block size) when large, visible only once
+        # completed. The handle is closed by hand: a `with` would complete the upload even when the write failed.
+        handle = self.fs.open(final, "wb")
+        try:
+            handle.write(data)
+            fault_point("store_write", detail=relative)
+            handle.close()
+        except BaseException as err:
+            _abandon(handle)
+            if isinstance(err, Exception):
+                _note_failed_write(err, f"{self.root.split('://', 1)[0]}://{final}" if "://" in self.root else final)
+            raise
+
+    def sweep_temporaries(self, relative: str, recursive: bool = False) -> list[str]:
+        """Remove the temporary files that killed writers left under ``relative`` (local stores; object stores
+        have none): those of a process of this host that is gone, and those older than ``STALE_TEMPORARY_S``.
+        Returns what was removed."""
+        directory = self.path(relative)
+        if not self.is_local or not os.path.isdir(directory):
+            return []
+        if recursive:
+            candidates = [os.path.join(d, n) for d, _, names in os.walk(directory) for n in names]
+        else:
+            candidates = [os.path.join(directory, n) for n in os.listdir(directory)]
+        removed = []
+        for path in candidates:
+            name = os.path.basename(path)
+            if not name.startswith(TEMPORARY) or not _abandoned(name, path):
+                continue
+            try:
+                os.remove(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+        return removed
 
     def write_json(self, relative: str, obj: Any, sort_keys: bool = True) -> None:
         self.write_bytes(relative, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str).encode("utf-8"))
 
     def read_json(self, relative: str) -> Any:
-        with self.fs.open(self.path(relative), "rb") as handle:
-            return json.loads(handle.read())
+        """One whole read (a single GET on object stores: an open would fail with ``FileExpired`` when another
+        writer replaces the file between its HEAD and its GET, as a lease renewal or an attempt record does)."""
+        return json.loads(self.fs.cat_file(self.path(relative)))
 
     def exists(self, relative: str) -> bool:
         return self.fs.exists(self.path(relative))
@@ -195,7 +254,9 @@ class Dataset:
 
     def commit(self, expected: Mapping[int, int | None], **extra: Any) -> dict[str, Any]:
         """Check that every expected part is there and holds its rows (``expected``: part → rows plus failed
-        images), then write the marker, last. Returns the marker (another writer's, when it committed first)."""
+        images), then write the marker, last. Returns the marker (another writer's, when it committed first).
+        Temporary files that killed writers of this dataset left are removed here."""
+        self.store.sweep_temporaries(self.relative)
         if self.is_committed():
             return self.marker() or {}
         present = set(self.parts())
@@ -236,3 +297,37 @@ class Dataset:
         """The images every part names as failed to load."""
         return [f for part in self.parts() for f in failed_of(self.part_schema(part))]
 
+
+def _note_failed_write(err: Exception, where: str) -> None:
+    """Say which file failed and that nothing of it was kept; the error itself (its type, its message) stays."""
+    err.add_note(f"writing {where} failed and left nothing of it (no partial file); fix the cause (free space, "
+                 "access to the store) and re-run: what was finished is kept and only the rest is computed")
+
+
+def _abandon(handle: Any) -> None:
+    """Throw away a write in progress on an object store: abort its multipart upload, so nothing becomes
+    visible, and keep the handle from completing it when it is closed or collected."""
+    try:
+        handle.discard()
+    except Exception:
+        pass  # the upload may be gone already; the write's own error is the one to report
+    try:
+        handle.closed = True
+    except (AttributeError, TypeError):
+        pass
+
+
+def _abandoned(name: str, path: str) -> bool:
+    """Whether a temporary file's writer is gone: its process of this host no longer exists, or the file is old."""
+    owner = name[len(TEMPORARY):].split("@", 2)
+    if len(owner) == 3 and owner[0].isdigit() and owner[1] == socket.gethostname():
+        try:
+            os.kill(int(owner[0]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, another user's
+    try:
+        return os.path.getmtime(path) < time.time() - STALE_TEMPORARY_S
+    except FileNotFoundError:
+        return False

@@ -67,6 +67,7 @@ def score_simulation(payload: SimulationInputs, task: Any) -> dict[str, tuple[np
 class SimulateStage(TaskStage):
     name = "SIMULATE"
     compute = staticmethod(score_simulation)
+    resumes_parts = False  # the marker holds what assemble found
 
     def __init__(self, store: Store, labelling: ReduceStage, simulator: PreparedSource, splits: Splits,
                  scorings: list[str], temperature: float, head: LinearHead | None, labels: dict[str, int] | None,

@@ -72,6 +72,7 @@ class VerifyStage(TaskStage):
     name = "VERIFY"
     compute = staticmethod(draw_labels)
     resident = "backends"  # the generator stays loaded in the workers DESCRIBE used
+    resumes_parts = False  # the marker holds what assemble found
 
     def __init__(self, store: Store, labelling: ReduceStage, backends: BackendSet, target: TargetRef, images: int,
                  control: int, seed: int, probe_id: str, labels_per_task: int = 16):
