@@ -564,25 +564,43 @@ def sparsity(
 
 @app.command()
 def compare(
-    run_a: Annotated[str, typer.Argument(help="First run id.")],
-    run_b: Annotated[str, typer.Argument(help="Second run id (the same architecture at another checkpoint).")],
-    store: Annotated[str, typer.Option(help="Output root both runs were written to.")] = "./discover-runs",
+    runs: Annotated[list[str], typer.Argument(help="Run ids: two runs (label stability between them), one run of many "
+                                                   "checkpoints, or three or more runs (the evolution across them).")],
+    store: Annotated[str, typer.Option(help="Output root the runs were written to.")] = "./discover-runs",
     method: Annotated[str | None, typer.Option(help="Only this method.")] = None,
     show: Annotated[int, typer.Option(help="Most-changed units to list per layer.")] = 5,
+    evolution: Annotated[bool, typer.Option("--evolution", help="Two runs as a sequence of checkpoints too.")] = False,
 ) -> None:
-    """Label stability per layer between two checkpoints, and the units whose concept changed most."""
+    """Label stability per layer between checkpoints, the units whose concept changed, and (over N checkpoints)
+    the first checkpoint where each concept appears."""
 
     def run() -> int:
-        from discover_ray import compare_runs
+        if len(runs) == 2 and not evolution:
+            from discover_ray import compare_runs
 
-        view = Table(title=f"label stability {run_a} → {run_b}")
-        for name in ("model", "layer", "method", "source", "stable", "most changed"):
-            view.add_column(name)
-        for c in compare_runs(store, run_a, run_b, method=method):
-            moved = [r for r in c.changes.to_pylist() if r["concept_a"] != r["concept_b"]][:show]
-            view.add_row(c.model, c.layer, c.method, c.source, f"{c.stable}/{c.units} ({c.stability:.0%})",
-                         "; ".join(f"{r['unit']}: {r['concept_a']} → {r['concept_b']}" for r in moved) or "–")
-        console.print(view)
+            run_a, run_b = runs
+            view = Table(title=f"label stability {run_a} → {run_b}")
+            for name in ("model", "layer", "method", "source", "stable", "most changed"):
+                view.add_column(name)
+            for c in compare_runs(store, run_a, run_b, method=method):
+                moved = [r for r in c.changes.to_pylist() if r["concept_a"] != r["concept_b"]][:show]
+                view.add_row(c.model, c.layer, c.method, c.source, f"{c.stable}/{c.units} ({c.stability:.0%})",
+                             "; ".join(f"{r['unit']}: {r['concept_a']} → {r['concept_b']}" for r in moved) or "–")
+            console.print(view)
+            return 0
+        from discover_ray import label_evolution
+
+        for layer in label_evolution(store, runs, method=method, changed=show):
+            view = Table(title=f"evolution of {layer.title} over {len(layer.checkpoints)} checkpoints")
+            for name in ("step", "stable", "changed units"):
+                view.add_column(name)
+            for step in layer.steps:
+                view.add_row(f"{step.before} → {step.after}", f"{step.stable}/{step.units} ({step.stability:.0%})",
+                             "; ".join(f"{r['unit']}: {r['concept_a']} → {r['concept_b']}" for r in step.changed) or "–")
+            console.print(view)
+            for name, concepts in layer.first_by_checkpoint:
+                console.print(f"  first at {name}: {', '.join(concepts[:12])}"
+                                  + (f" and {len(concepts) - 12} more" if len(concepts) > 12 else ""), highlight=False)
         return 0
 
     raise typer.Exit(_user_errors(run))
@@ -616,7 +634,8 @@ def report(
         for warning in result.warnings:
             console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
         console.print(f"{len(result.layers)} layer pages, {len(result.examples)} example pages, "
-                      f"{result.thumbnails} thumbnails" + (", side by side with the twin run" if result.twin else ""))
+                      f"{result.thumbnails} thumbnails" + (", side by side with the twin run" if result.twin else "")
+                      + (f", {len(result.evolution)} evolution page(s)" if result.evolution else ""))
         console.print(f"report: {result.index}", highlight=False)
         return 0
 

@@ -17,14 +17,15 @@ from pydantic import Field, SerializeAsAny, ValidationError, field_validator, mo
 
 from discover_ray.backends.base import BackendConfig
 from discover_ray.backends.settings import BackendsConfig, parse_section
+from discover_ray.checkpoints import checkpoints_of
 from discover_ray.config_files import Strict, absolute, expand_env, validate
 from discover_ray.errors import ConfigError, ProbeError
 from discover_ray.explain.splits import Splits, column_splits, seeded_splits
 from discover_ray.methods import ReduceSettings, get_method
 from discover_ray.models import ModelSpec
-from discover_ray.probe import ProbeSet
+from discover_ray.probe import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, ImageLimits, ProbeSet
 from discover_ray.sources import SourceConfig, parse_source
-from discover_ray.store import DEFAULT_ROOT
+from discover_ray.store import DEFAULT_ROOT, is_safe_segment
 
 __all__ = [
     "SCORINGS", "ConfigError", "DissectConfig", "ModelConfig", "ProbeConfig", "RayConfig", "RecordConfig",
@@ -49,6 +50,11 @@ class ProbeConfig(Strict):
     seed: int = 0
     shard_size: int = Field(4096, ge=1)
     failure_budget: float = Field(0.001, ge=0, le=1)
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1, description="an image whose header declares more pixels is not decoded (a failed "
+        "image, like a corrupt one): decompression bombs; the default is Pillow's own limit")
+    max_image_bytes: int = Field(
+        DEFAULT_MAX_IMAGE_BYTES, ge=1, description="an image file larger than this is not read (a failed image)")
 
     @field_validator("source")
     @classmethod
@@ -82,11 +88,15 @@ class ProbeConfig(Strict):
             probe = probe.sample(self.sample, seed=self.seed)
         if self.limit is not None:
             probe = probe.limit(self.limit)
-        return probe
+        return probe.capped(ImageLimits(self.max_pixels, self.max_image_bytes))
 
     def identity(self) -> dict[str, Any]:
-        """What selects and cuts the images, without where they are (the probe id names their content)."""
-        return self.model_dump(mode="json", exclude={"source", "failure_budget"})
+        """What selects and cuts the images, without where they are (the probe id names their content). The
+        image limits count only when changed (the probe id also counts the images they refuse), so the ids of
+        runs made before there were limits stand."""
+        defaults = {name for name in ("max_pixels", "max_image_bytes")
+                    if getattr(self, name) == type(self).model_fields[name].default}
+        return self.model_dump(mode="json", exclude={"source", "failure_budget", *defaults})
 
 
 def _probe_kind(source: str, image_column: str) -> str:
@@ -128,6 +138,19 @@ class ModelConfig(Strict):
         if repeated:
             raise ValueError(f"layers {repeated} are listed more than once")
         return layers
+
+    @field_validator("alias", "layers")
+    @classmethod
+    def _segments(cls, value: Any, info: Any) -> Any:
+        """Layer names are folders of the store and an alias names a model's outputs: a name that could point
+        outside its folder is refused with the config, before any work."""
+        for name in [value] if isinstance(value, str) else value or []:
+            if not is_safe_segment(name):
+                what, like = ("alias", "a short name such as 'resnet18_seed1'") if info.field_name == "alias" else \
+                    ("layer", "a module name such as 'layer4.1.conv2'")
+                raise ValueError(f"{what} {name!r} cannot be part of a store path (no '/' or '\\', not '.' or "
+                                 f"'..', no control characters); give {like}")
+        return value
 
     @property
     def label(self) -> str:
@@ -243,6 +266,12 @@ class RayConfig(Strict):
     )
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per CPU actor (default: node CPUs / actors)")
     progress: bool = True
+    no_progress_timeout_s: float = Field(
+        600, gt=0, description="a stage that makes no progress this long fails (ClusterStalled) instead of waiting "
+        "forever for a lost node's work; longer than the slowest chunk (or worker start-up) takes")
+    max_retries: int = Field(
+        3, ge=0, description="times a chunk or task whose worker died is retried (and the worker restarted) "
+        "before the stage fails naming it (StageCrashed)")
 
 
 class DissectConfig(Strict):
@@ -265,6 +294,31 @@ class DissectConfig(Strict):
     @classmethod
     def _resolve(cls, value: str) -> str:
         return absolute(value) or value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _checkpoints(cls, value: Any) -> Any:
+        """A model with ``checkpoints:`` (a training run folder, a glob or a list) becomes one model per
+        checkpoint, ``{alias or name}@{checkpoint}``: many checkpoints of one architecture in one job."""
+        if not isinstance(value, list):
+            return value
+        out = []
+        for i, raw in enumerate(value):
+            if not isinstance(raw, dict) or raw.get("checkpoints") is None:
+                out.append(raw)
+                continue
+            if raw.get("checkpoint") is not None:
+                raise ValueError(f"models.{i} gives both checkpoint and checkpoints; keep one")
+            where = raw["checkpoints"]
+            if not isinstance(where, (str, list)) or (isinstance(where, list) and not all(isinstance(w, str) for w in where)):
+                raise ValueError(f"models.{i}.checkpoints must be a training run folder, a glob of weight files or a "
+                                 "list of weight files")
+            label = raw.get("alias") or raw.get("name", "model")
+            for checkpoint in checkpoints_of([absolute(w) or w for w in where] if isinstance(where, list) else
+                                             absolute(where) or where):
+                out.append({**{k: v for k, v in raw.items() if k != "checkpoints"}, "checkpoint": checkpoint.uri,
+                            "alias": f"{label}@{checkpoint.name}"})
+        return out
 
     @field_validator("concepts", mode="before")
     @classmethod

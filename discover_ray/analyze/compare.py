@@ -16,7 +16,7 @@ from discover_ray.runs import LabelEntry, load_run
 from discover_ray.schema import Labels
 from discover_ray.store import Store
 
-__all__ = ["LayerComparison", "compare_runs"]
+__all__ = ["LayerComparison", "compare_entries", "compare_runs"]
 
 
 @dataclass
@@ -48,13 +48,14 @@ def compare_runs(store: Store | str, run_a: str, run_b: str, method: str | None 
     for a in entries[run_a]:
         b = second.get(key(a))
         if b is not None:
-            out.append(_compare(a, b, Labels(store.committed(a.dataset).read()), Labels(store.committed(b.dataset).read())))
+            out.append(compare_entries(a, b, Labels(store.committed(a.dataset).read()), Labels(store.committed(b.dataset).read())))
     if not out:
         raise UnknownName(f"runs {run_a} and {run_b} labelled no layer in common" + (f" with method {method!r}" if method else ""))
     return out
 
 
-def _compare(a: LabelEntry, b: LabelEntry, labels_a: Labels, labels_b: Labels) -> LayerComparison:
+def compare_entries(a: LabelEntry, b: LabelEntry, labels_a: Labels, labels_b: Labels) -> LayerComparison:
+    """One labelling of a layer at two checkpoints: stable units and every unit's change, most changed first."""
     ranked_a, ranked_b = labels_a.ranked(), labels_b.ranked()
     if ranked_a.keys() != ranked_b.keys():
         raise IncompatibleRuns(f"layer {a.layer!r} has {len(ranked_a)} units in one run and {len(ranked_b)} in the other")

@@ -95,7 +95,9 @@ class LayerInputs:
     model: str
     layer: str
     image_ids: list[str]
-    activations: np.ndarray  # [N, K] float32
+    #: A [N, K] float32, or a reference that reads it where the task runs (``dissection.stored_activations``:
+    #: the driver then never holds the layer); read it as ``activations``
+    values: Any
     block_size: int
     settings: ReduceSettings
     concepts: ConceptSet | None = None
@@ -109,8 +111,13 @@ class LayerInputs:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def activations(self) -> np.ndarray:
+        """A [N, K] float32, read in this process the first time a task here asks for it."""
+        return self.values if isinstance(self.values, np.ndarray) else self.values.load()
+
+    @property
     def units(self) -> int:
-        return int(self.activations.shape[1])
+        return int(self.values.shape[1])
 
 
 @dataclass

@@ -60,12 +60,6 @@ class LinearExplanation(Method):
 
     def validate(self, inputs: LayerInputs, params: Any) -> None:
         where = f"{inputs.model}/{inputs.layer}"
-        bad = ~np.isfinite(inputs.activations)
-        if bad.any():
-            units = np.flatnonzero(bad.any(axis=0))
-            raise ExplainInputError(
-                f"{where}: {int(bad.sum())} activations are NaN or infinite (units {units[:8].tolist()}); the recorded "
-                "layer cannot be explained; check the model (e.g. its numerics in this dtype) and record it again")
         if inputs.splits is None:
             raise ExplainInputError(f"{where}: linear_explanation needs the run's train / val split")
 
@@ -81,6 +75,12 @@ class LinearExplanation(Method):
         rows = np.concatenate([train, val])  # the fit is never handed a test image
         C = inputs.scores.values(rows)
         A = readonly_tensor(inputs.activations)[torch.from_numpy(rows), task.start : task.stop]
+        bad = ~torch.isfinite(A)
+        if bad.any():  # read here, where the task runs (the driver never loads the layer)
+            units = (task.start + torch.nonzero(bad.any(dim=0)).flatten()).tolist()
+            raise ExplainInputError(
+                f"{inputs.model}/{inputs.layer}: {int(bad.sum())} activations are NaN or infinite (units {units[:8]}); "
+                "the recorded layer cannot be explained; check the model (e.g. its numerics in this dtype) and record it again")
         found = linear_explanations(
             A, torch.from_numpy(C), train=torch.arange(len(train)), val=torch.arange(len(train), len(rows)),
             max_length=params.max_length, tolerance=params.tolerance, width=params.width, glm_lambda=params.glm_lambda,

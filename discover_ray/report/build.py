@@ -32,6 +32,7 @@ from discover_ray.analyze.active import (
     position_activity,
     read_activations,
 )
+from discover_ray.analyze.evolution import evolution, run_checkpoints
 from discover_ray.backends.cache import CallCache
 from discover_ray.errors import DatasetError, IncompatibleRuns, ReportFolderError, UnknownName
 from discover_ray.evaluate.sparsity import EPS, Sparsity
@@ -58,6 +59,7 @@ class Report:
     thumbnails: int
     twin: str | None = None
     warnings: list[str] = field(default_factory=list)
+    evolution: list[tuple[str, str]] = field(default_factory=list)  # (title, page) per architecture at N checkpoints
 
     @property
     def index(self) -> Path:
@@ -281,6 +283,9 @@ def _write(
         twin_page = _twin_page(env, store, run, layers, twin, example_ids, example_pages, thumbs, twin_rows, eps, folder)
         report.twin = twin_page
 
+    evolution_pages = _evolution_pages(env, store, run, layers, folder)
+    report.evolution = evolution_pages
+
     if thumbs is not None:
         report.thumbnails = len(thumbs.written)
         if thumbs.failed:
@@ -288,7 +293,7 @@ def _write(
     (folder / "index.html").write_text(env.get_template("index.html.j2").render(
         root="", title=f"{run.name} · run {run.run_id}", run=run, layers=layers, nav=_nav(layers),
         examples=[(i, example_pages[i], thumbs.path(i) if thumbs else None) for i in example_ids],
-        twin_page=twin_page, warnings=report.warnings, config=json.dumps(run.config, indent=2),
+        twin_page=twin_page, evolution_pages=evolution_pages, warnings=report.warnings, config=json.dumps(run.config, indent=2),
         stages=run.stages, identification=run.identification, failed=run.failed_images,
     ))
     return report
@@ -394,6 +399,21 @@ def _twin_page(
         nav=_nav(layers),
     ))
     return page
+
+
+def _evolution_pages(env: jinja2.Environment, store: Store, run: RunRecord, layers: list[_Layer],
+                     folder: Path) -> list[tuple[str, str]]:
+    """An evolution page per architecture the run holds at two or more checkpoints: (title, page)."""
+    pages = []
+    for i, group in enumerate(run_checkpoints(run)):
+        evolved = evolution(store, group)
+        page = f"evolution-{i}.html"
+        names = [c.name for c in group]
+        (folder / page).write_text(env.get_template("evolution.html.j2").render(
+            root="", title=f"evolution · run {run.run_id}", run=run, checkpoints=names, layers=evolved,
+            nav=_nav(layers)))
+        pages.append((f"{names[0]} … {names[-1]} ({len(names)} checkpoints)", page))
+    return pages
 
 
 # -- helpers ----------------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """REDUCE: one labelling method on one recorded layer (and one concept source, for methods that rank concepts).
 
-The stage loads the layer's activations and the source's P once (shared by every method on the same layer
+The stage reads the layer's image ids and the source's P once (shared by every method on the same layer
 and source), aligns their rows by image id (images unreadable for either are left out), asks the method
-for its tasks and runs them through the executor; the method assembles its table. The dataset is
+for its tasks and runs them through the executor; the method assembles its table. The activations
+themselves are streamed: each task reads them from the store where it runs (``StoredActivations``),
+so the driver never holds a layer. The dataset is
 ``labels/{checkpoint}/{probe}/{layer}/{method}__{concept set}__{encoder}/{key}``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,10 +18,11 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from discover_ray.dissection.models import PreparedModel
+from discover_ray.dissection.stored_activations import StoredActivations
 from discover_ray.explain.splits import Splits
 from discover_ray.methods import LayerInputs, Method, ReduceSettings
 from discover_ray.pipeline.stage import Output, TaskStage, stage_key
-from discover_ray.schema import VERSIONS, read_activations
+from discover_ray.schema import VERSIONS
 from discover_ray.sources import PreparedSource
 from discover_ray.store import Store
 
@@ -33,6 +37,7 @@ def run_method_task(payload: LayerInputs, task: tuple[Method, BaseModel, Any]) -
 
 class ReduceStage(TaskStage):
     name = "REDUCE"
+    resumes_parts = False  # the marker holds what assemble found (images, units, identification)
     compute = staticmethod(run_method_task)
 
     def __init__(self, store: Store, model: PreparedModel, layer: str, activations: Output, method: Method,
@@ -76,13 +81,17 @@ class ReduceStage(TaskStage):
         return (self.activations.path, self.source.name if self.source else "")
 
     def load(self) -> LayerInputs:
-        acts = read_activations(self.activations.dataset.read(), self.model.block_sizes[self.layer])
-        inputs = LayerInputs(self.model.label, self.layer, acts.image_ids, acts.values, acts.block_size, self.settings,
-                             probe=self.probe)
+        """The layer's image ids, P for them, and a reference to the activations that tasks read themselves."""
+        dataset = self.activations.dataset
+        image_ids = dataset.read(columns=["image_id"])["image_id"].to_pylist()
+        stored = StoredActivations(dataset.store.root, dataset.relative, self.model.units[self.layer], len(image_ids))
+        inputs = LayerInputs(self.model.label, self.layer, image_ids, stored, self.model.block_sizes[self.layer],
+                             self.settings, probe=self.probe)
         if self.source is not None:
-            scores, keep = self.source.load(acts.image_ids)
-            inputs.image_ids = [acts.image_ids[i] for i in keep]
-            inputs.activations = np.ascontiguousarray(acts.values[keep]) if len(keep) != len(acts.image_ids) else acts.values
+            scores, keep = self.source.load(image_ids)
+            inputs.image_ids = [image_ids[i] for i in keep]
+            if len(keep) != len(image_ids):
+                inputs.values = replace(stored, rows=np.asarray(keep, dtype=np.int64))
             inputs.concepts, inputs.scores = self.source.concepts, scores
             inputs.truth = self._truth(inputs.units)
         if self.splits is not None:
