@@ -1,8 +1,13 @@
 """Joining Ray: an existing cluster (``address`` or ``RAY_ADDRESS``), or a local one started on demand.
 
-A local cluster keeps Ray's token authentication on (its gRPC servers listen on every interface). Ray's
-own console messages (start-up, token notices, Ray Data progress) stay in Ray's logs under the session
-directory; the product prints its own lines.
+A local cluster keeps Ray's token authentication on: with ``RAY_AUTH_MODE`` unset, ``ray.init`` turns it on
+and makes a token (``~/.ray/auth_token``) if there is none. It has to be on: the GCS, raylet and worker
+gRPC servers of a local cluster listen on all interfaces, and ``ray.init`` cannot narrow them (it turns a
+``_node_ip_address`` of 127.0.0.1 into the machine's reachable address), so a cluster without a token runs
+code for anyone who can reach the machine. Only the test suite's throw-away clusters turn it off
+(``tests/unit/on_ray/test_security.py`` checks that nothing shipped does). Ray's own console messages
+(start-up, token notices, Ray Data progress) stay in Ray's logs under the session directory; the product
+prints its own lines.
 """
 
 from __future__ import annotations
