@@ -274,6 +274,17 @@ def write_parquet(path: str | Path, data: WorldImages) -> Path:
     return path
 
 
+def write_folder(folder: str | Path, data: WorldImages, digits: int = 3) -> Path:
+    """The world as a folder probe set: one PNG per image, ``{class}/{index}.png`` (the label is the folder)."""
+    folder = Path(folder)
+    names = class_names()
+    pixels = (data.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    for i, (image, label) in enumerate(zip(pixels, data.labels.tolist(), strict=True)):
+        (folder / names[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / names[label] / f"{i:0{digits}d}.png")
+    return folder
+
+
 def write_world(folder: str | Path, seed: int = 0, train: int = 6000, val: int = 900, probe: int = 900) -> Path:
     """``train`` / ``val`` / ``probe`` Parquet splits of the world (seeds ``seed·10 + 0/1/2``), its concept set
     ``concepts.txt`` and its caption bank ``captions.txt``; a split already written is kept, so the call is cheap

@@ -359,17 +359,9 @@ def store_snapshot(store: Any) -> dict[str, str]:
 
 def write_probe(folder: Path, images: int = 32, seed: int = 3) -> Path:
     """``images`` generated shape images as PNGs, one folder per class (the label is the folder)."""
-    from PIL import Image
-
     from discover_ray import world
 
-    data = world.generate(images, seed=seed)
-    classes = world.class_names()
-    pixels = (data.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    for i, (image, label) in enumerate(zip(pixels, data.labels.tolist(), strict=True)):
-        (folder / classes[label]).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / classes[label] / f"{i:03d}.png")
-    return folder
+    return world.write_folder(folder, world.generate(images, seed=seed))
 
 
 def fault_config(probe: Path | str, store: Path | str) -> dict[str, Any]:

@@ -39,8 +39,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from discover_ray import dissect, load_config, world  # noqa: E402
@@ -51,13 +49,7 @@ LAYERS = {"resnet20": ["layer1", "layer2", "layer3", "linear"], "tiny": ["relu2"
 
 def write_probe(folder: Path, n: int) -> None:
     """``n`` generated 32 px shape images as PNGs, one folder per class."""
-    data = world.generate(n, seed=11)
-    classes = world.class_names()
-    pixels = (data.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    for i, (image, label) in enumerate(zip(pixels, data.labels.tolist(), strict=True)):
-        target = folder / classes[label]
-        target.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(target / f"{i:05d}.png")
+    world.write_folder(folder, world.generate(n, seed=11), digits=5)
 
 
 def model(name: str, shared: Path) -> dict[str, Any]:

@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from discover_ray import world
 
@@ -33,15 +31,7 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def world_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """72 generated shape images as PNGs in one folder per class (the label is the folder)."""
-    root = tmp_path_factory.mktemp("world") / "probe"
-    data = world.generate(72, seed=3)
-    classes = world.class_names()
-    pixels = (data.images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    for i, (image, label) in enumerate(zip(pixels, data.labels.tolist(), strict=True)):
-        folder = root / classes[label]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{i:03d}.png")
-    return root
+    return world.write_folder(tmp_path_factory.mktemp("world") / "probe", world.generate(72, seed=3))
 
 
 def tiny_config(probe_source: Path | str, store_root: Path | str, **changes: Any) -> dict[str, Any]:
