@@ -8,15 +8,16 @@ weights, instead of retrying for a minute.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fsspec
-import open_clip
 import torch
 from torch import Tensor
 
@@ -25,7 +26,16 @@ from discover_ray.errors import ConfigError, InputNotFound, UnknownName, Weights
 from discover_ray.ids import content_id, file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(CONFIG_DIR)  # our small architectures, e.g. TinyCLIP-ViT-32 for tests and demos
+
+
+@functools.cache
+def open_clip_with_our_configs() -> Any:
+    """open_clip, imported on first use (a second of start-up for every worker that only unpickles a config),
+    with our small architectures registered (e.g. TinyCLIP-ViT-32 for tests and demos)."""
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    return open_clip
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ class ClipSpec:
         """Content id of the encoder: architecture plus the weights' tag, file hash, or init seed."""
         if self.pretrained is None:
             weights = f"random-init:{self.seed}"
-        elif self.model.startswith(("hf-hub:", "local-dir:")) or open_clip.is_pretrained_cfg(
+        elif self.model.startswith(("hf-hub:", "local-dir:")) or open_clip_with_our_configs().is_pretrained_cfg(
             self.model, self.pretrained
         ):
             weights = f"tag:{self.pretrained}"
@@ -76,7 +86,7 @@ class ClipEncoder:
         self.device = torch.device(device)
         self.model, self.preprocess = _create(spec, self.device)
         self.model.eval()
-        self.tokenizer = open_clip.get_tokenizer(spec.model)
+        self.tokenizer = open_clip_with_our_configs().get_tokenizer(spec.model)
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
@@ -94,7 +104,7 @@ class ClipEncoder:
 
 
 def _check_name(spec: ClipSpec) -> None:
-    known = open_clip.list_models()
+    known = open_clip_with_our_configs().list_models()
     if not spec.model.startswith(("hf-hub:", "local-dir:")) and spec.model not in known:
         close = [m for m in known if spec.model.lower().split("-")[0] in m.lower()][:8]
         raise UnknownName(f"unknown open_clip model {spec.model!r}; similar: {close or known[:8]}")
@@ -105,11 +115,11 @@ def _create(spec: ClipSpec, device: torch.device) -> tuple[torch.nn.Module, obje
     schema = spec.model.startswith(("hf-hub:", "local-dir:"))
     if spec.pretrained is None and not schema:
         with _seeded(spec.seed), _quiet_random_init():
-            model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=None, device=device)
+            model, _, preprocess = open_clip_with_our_configs().create_model_and_transforms(spec.model, pretrained=None, device=device)
         return model, preprocess
     with _weights_file(spec) as pretrained:
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
+            model, _, preprocess = open_clip_with_our_configs().create_model_and_transforms(
                 spec.model, pretrained=pretrained, device=device, weights_only=True
             )
         except RuntimeError as err:
@@ -128,7 +138,7 @@ def _weights_file(spec: ClipSpec, fetch: bool = True) -> Iterator[str | None]:
     if spec.model.startswith("local-dir:"):
         yield None
         return
-    if spec.model.startswith("hf-hub:") or (pretrained and open_clip.is_pretrained_cfg(spec.model, pretrained)):
+    if spec.model.startswith("hf-hub:") or (pretrained and open_clip_with_our_configs().is_pretrained_cfg(spec.model, pretrained)):
         if not hub_reachable() and not _cached(spec):
             raise WeightsUnavailableError(_offline_message(spec))
         yield None if spec.model.startswith("hf-hub:") else pretrained
@@ -148,7 +158,7 @@ def _weights_file(spec: ClipSpec, fetch: bool = True) -> Iterator[str | None]:
         return
     path = pretrained.removeprefix("file://")
     if not os.path.exists(path):
-        tags = open_clip.list_pretrained_tags_by_model(spec.model)
+        tags = open_clip_with_our_configs().list_pretrained_tags_by_model(spec.model)
         raise ConfigError(
             f"{pretrained!r} is neither an open_clip tag of {spec.model} ({', '.join(tags) or 'none'}) "
             "nor an existing checkpoint file"
@@ -164,7 +174,7 @@ def _cached(spec: ClipSpec) -> bool:
             ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
         )
     else:
-        cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained or "")
+        cfg = open_clip_with_our_configs().get_pretrained_cfg(spec.model, spec.pretrained or "")
         hub = cfg.get("hf_hub", "")
         if not hub:
             return False
@@ -177,7 +187,7 @@ def _offline_message(spec: ClipSpec) -> str:
     return (
         f"cannot load open_clip weights {spec.describe()}: the model hub is unreachable from this machine and the "
         "weights are not in the local cache. Download them where there is network, e.g. "
-        f"`python -c \"import open_clip; open_clip.create_model('{spec.model}', pretrained='{spec.pretrained}')\"`, "
+        f"`python -c \"import open_clip; open_clip_with_our_configs().create_model('{spec.model}', pretrained='{spec.pretrained}')\"`, "
         "then copy the cache (~/.cache/huggingface) here, or give a local or s3:// checkpoint file as `pretrained`."
     )
 

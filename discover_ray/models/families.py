@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
-from torchvision import transforms
 
 from discover_ray.encoders.hub import hub_cached, hub_reachable
 from discover_ray.errors import ConfigError, UnknownName, WeightsUnavailableError
@@ -77,6 +76,8 @@ class CifarResNets(ModelFamily):
 
     def preprocess(self, spec: Any, base: str, model: nn.Module) -> Callable[[Any], Tensor]:
         size, mean, std = spec.image_size or 32, spec.mean or CIFAR_MEAN, spec.std or CIFAR_STD
+        from torchvision import transforms  # on first use: importing torchvision takes a second
+
         return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
                                    transforms.Normalize(mean, std)])
 

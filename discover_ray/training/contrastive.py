@@ -49,10 +49,9 @@ class CaptionedImages(LabelledImages):
 
 def build_clip(name: str, checkpoint: str | None, seed: int) -> tuple[nn.Module, Callable, Callable, Any]:
     """An open_clip model (random init from ``seed``, or ``checkpoint``), its train and eval transforms and tokenizer."""
-    import open_clip
+    from discover_ray.encoders.clip import open_clip_with_our_configs
 
-    from discover_ray.encoders import clip as _registers_our_configs  # noqa: F401
-
+    open_clip = open_clip_with_our_configs()
     if name not in open_clip.list_models():
         raise UnknownName(f"unknown open_clip model {name!r} for contrastive training; e.g. TinyCLIP-ViT-32, ViT-B-16")
     torch.manual_seed(seed)
