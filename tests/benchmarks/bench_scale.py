@@ -8,13 +8,16 @@ layers, with label concepts and soft-WPMI:
   each decodes its probe images, starts its actor pool and runs its REDUCE stages);
 - ``one_job``: one ``dissect`` call with all eight checkpoints, in a fresh store.
 
-Both on one local Ray cluster started before the clock (a service keeps its cluster up). Reported: wall
-seconds of each, the ratio, and how many actor-pool start-ups (model passes) and REDUCE task rounds each
-made, from the run records. ``--reduce-memory`` adds the driver's peak memory while a REDUCE stage runs
+``--mode service`` (the default) runs both on one local Ray cluster started before the clock, in this
+process (a service keeps its cluster up: the fairest case for separate jobs, which then share warm imports);
+``--mode cli`` runs each job as users do, ``discover dissect CONFIG`` in a process of its own that starts
+its own local cluster. Reported: wall seconds of each, the ratio, how many model passes (actor-pool
+start-ups) and REDUCE stages and tasks each made, and the seconds per stage kind, from the run records. ``--reduce-memory`` adds the driver's peak memory while a REDUCE stage runs
 over a K = 2 048-unit layer, streaming (activations read by the tasks) against loading the layer on
 the driver, each in a fresh process.
 
     python tests/benchmarks/bench_scale.py                       # 2 000 images, layer3 + linear
+    python tests/benchmarks/bench_scale.py --mode cli            # each job its own `discover dissect` process
     python tests/benchmarks/bench_scale.py --images 500 --checkpoints 4
 """
 
@@ -71,12 +74,38 @@ def config(store: Path, paths: list[str], images: int, layers: list[str]) -> dic
     }
 
 
+def run_cli(raw: dict, folder: Path):
+    """``discover dissect`` in a process of its own (its own local cluster); returns the run record."""
+    import subprocess
+
+    import yaml
+
+    from discover_ray import load_run
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "dissect.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    subprocess.run([str(Path(sys.executable).with_name("discover")), "dissect", str(path)], check=True, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from discover_ray.runs.read import list_runs
+
+    (run_id,) = list_runs(raw["store"])  # each job writes to a store of its own
+    return load_run(raw["store"], run_id)
+
+
 def passes(record) -> dict[str, int]:
     stages = [s for s in record.stages if s.status == "done"]
     model_passes = {tuple(s.counts.get("pass", [s.stage])) + (s.seconds,) for s in stages if s.stage in ("DECODE", "RECORD")}
     seconds: dict[str, float] = {}
+    counted: set[tuple] = set()
     for s in record.stages:
-        seconds[s.stage] = round(seconds.get(s.stage, 0.0) + s.seconds, 2)
+        shared = tuple(s.counts.get("pass", ())) + (s.seconds,) if s.stage in ("DECODE", "RECORD") else None
+        if shared is not None and shared in counted:  # the stages of one pass share its seconds: counted once
+            continue
+        counted.add(shared)
+        name = "pass" if shared is not None else s.stage
+        seconds[name] = round(seconds.get(name, 0.0) + s.seconds, 2)
     return {"stage_seconds": seconds, "model_passes": len(model_passes), "reduce_stages": sum(1 for s in stages if s.stage == "REDUCE"),
             "reduce_tasks": sum(int(s.counts.get("tasks", 0)) for s in stages if s.stage == "REDUCE")}
 
@@ -148,6 +177,7 @@ def main() -> None:
     parser.add_argument("--reduce-memory", action="store_true", help="only the REDUCE driver-memory comparison")
     parser.add_argument("--units", type=int, default=2048)
     parser.add_argument("--reduce-images", type=int, default=50_000)
+    parser.add_argument("--mode", choices=["service", "cli"], default="service")
     args = parser.parse_args()
     if args.reduce_memory:
         print(json.dumps({"benchmark": "bench_scale.reduce_memory", "images": args.reduce_images, "units": args.units,
@@ -156,23 +186,29 @@ def main() -> None:
         return
     if not shared_dir().is_dir():
         sys.exit(f"needs the shared data folder {shared_dir()} (set DISCOVER_SHARED)")
-    connect(num_cpus=os.cpu_count())
     quiet = Console(quiet=True)
+    if args.mode == "service":
+        connect(num_cpus=os.cpu_count())
+
+    def job(raw: dict, folder: Path):
+        if args.mode == "cli":
+            return run_cli(raw, folder)
+        return dissect(load_config(raw), console=quiet).record
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         paths = checkpoints(root, args.checkpoints)
         started = time.perf_counter()
         separate = []
         for i, path in enumerate(paths):
-            result = dissect(load_config(config(root / f"separate-{i}", [path], args.images, args.layers)), console=quiet)
-            separate.append(passes(result.record))
+            raw = config(root / f"separate-{i}", [path], args.images, args.layers)
+            separate.append(passes(job(raw, root / f"job-{i}")))
         separate_s = time.perf_counter() - started
         started = time.perf_counter()
-        result = dissect(load_config(config(root / "one", paths, args.images, args.layers)), console=quiet)
+        one = passes(job(config(root / "one", paths, args.images, args.layers), root / "job-one"))
         one_s = time.perf_counter() - started
-        one = passes(result.record)
     print(json.dumps({
-        "benchmark": "bench_scale", "images": args.images, "checkpoints": args.checkpoints, "layers": args.layers,
+        "benchmark": "bench_scale", "mode": args.mode, "images": args.images, "checkpoints": args.checkpoints, "layers": args.layers,
         "cpus": os.cpu_count(), "torch": torch.__version__,
         "separate": {"seconds": round(separate_s, 1),
                      **{k: sum(s[k] for s in separate) for k in separate[0] if k != "stage_seconds"},
