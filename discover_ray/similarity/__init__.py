@@ -66,12 +66,22 @@ def similarity_matrix(
         dtype: ``torch.float32`` (default) or ``torch.float64``.
         **params: the method's hyperparameters; defaults as in methods.md §1.2 (see ``PARAMS``).
     """
-    kernel, _ = _build(method, activations, concept_scores, None, None, 1, device, dtype, None, None, params)
-    chunk = kernel.default_concept_chunk()
-    blocks = [
-        kernel.score(s, min(s + chunk, kernel.source.n_concepts)) for s in range(0, kernel.source.n_concepts, chunk)
-    ]
-    return torch.cat(blocks, dim=1)
+    kernel, n_concepts = _build(method, activations, concept_scores, None, None, 1, device, dtype, None, None, params)
+    return _all_scores(kernel, kernel.default_concept_chunk(), 0, n_concepts)
+
+
+def _all_scores(kernel: Kernel, chunk: int, first: int, last: int) -> Tensor:
+    """S[:, first:last], each concept block written into the result as it comes (no list of blocks to join)."""
+    scores = None
+    for start in range(first, last, chunk):
+        stop = min(start + chunk, last)
+        block = kernel.score(start, stop)
+        if scores is None:
+            scores = torch.empty((block.shape[0], last - first), dtype=block.dtype, device=block.device)
+        scores[:, start - first : stop - first] = block
+        del block
+    assert scores is not None
+    return scores
 
 
 def top_concepts(
@@ -123,6 +133,12 @@ def top_concepts(
     first, last = concept_range or (0, n_concepts)
     if not 0 <= first < last <= n_concepts:
         raise ValueError(f"concept_range {concept_range} must satisfy 0 <= start < stop <= {n_concepts}")
+    if 2 * k >= last - first:
+        # Most of the range is kept (a full ranking, say): merging per-block lists would re-sort lists of
+        # up to K×k entries once per block, with several such arrays alive at once. Scoring the range
+        # into one K×(stop − start) array and selecting once gives the same lists for less.
+        values, indices = topk_lowest_index(_all_scores(kernel, chunk, first, last), min(k, last - first))
+        return values, indices.add_(first)
     values = indices = None
     for start in range(first, last, chunk):
         stop = min(start + chunk, last)

@@ -95,19 +95,32 @@ class Cos3Kernel(Kernel):
     def __init__(self, activations: Tensor, source: Source, params: Cos3Params, memory_budget: int):
         super().__init__(activations, source, memory_budget)
         self.min_norm = params.min_norm
-        self.a_cubed, self.a_norms = _centred_cube(activations, self.min_norm)
+        self.a_cubed, self.a_norms = _centred_cube(activations, self.min_norm)  # a copy: the input stays as it is
+        self._p_buffer: Tensor | None = None
 
     def default_concept_chunk(self) -> int:
         return self._fit(self.itemsize * (3 * self.n_images + self.n_neurons))
 
     def score(self, start: int, stop: int) -> Tensor:
-        p_cubed, p_norms = _centred_cube(self.source.block(start, stop), self.min_norm)
+        if isinstance(self.source, EmbeddingScores):
+            # P's block is a product I Cᵀ: computed into one buffer that serves every block.
+            width = stop - start
+            if self._p_buffer is None or self._p_buffer.numel() < self.n_images * width:
+                self._p_buffer = torch.empty(
+                    self.n_images * width, dtype=self.a_cubed.dtype, device=self.a_cubed.device
+                )
+            block = self.source.block_into(self._p_buffer[: self.n_images * width].view(-1, width), start, stop)
+        else:
+            block = self.source.block(start, stop)  # a fresh copy, laid out like the given P
+        p_cubed, p_norms = _centred_cube(block, self.min_norm, in_place=True)
         return (self.a_cubed.T @ p_cubed).div_(self.a_norms[:, None]).div_(p_norms)
 
 
-def _centred_cube(x: Tensor, min_norm: float) -> tuple[Tensor, Tensor]:
-    """Columns centred over images and cubed, and their L2 norms floored at ``min_norm``."""
-    cubed = (x - x.mean(dim=0, keepdim=True)).pow_(3)
+def _centred_cube(x: Tensor, min_norm: float, in_place: bool = False) -> tuple[Tensor, Tensor]:
+    """Columns centred over images and cubed (over ``x`` itself when ``in_place``), and their L2 norms
+    floored at ``min_norm``."""
+    mean = x.mean(dim=0, keepdim=True)
+    cubed = (x.sub_(mean) if in_place else x - mean).pow_(3)
     return cubed, cubed.norm(dim=0).clamp_min(min_norm)
 
 
@@ -157,25 +170,43 @@ class WpmiKernel(Kernel):
         # Stored negated and shifted by log s, so that the block holds s·Q = exp(a·P + this).
         self.neg_log_normaliser = self._log_normaliser(image_chunk).neg_().add_(self.log_scale)
         self._q_buffer: Tensor | None = None
+        self._buffers: dict[str, Tensor] = {}
 
     def _log_normaliser(self, image_chunk: int) -> Tensor:
         """logsumexp over all concepts of a·P for the needed rows, over blocks of about the cache size.
 
         A block holds a few rows of all concepts; when one row alone exceeds it, the concepts are streamed
-        too, with a running maximum.
+        too, with a running maximum. One buffer holds every block's P and then exp(a·P − max) in place,
+        so the thousand-odd blocks of a large layer allocate nothing of their size.
         """
         src, n_rows, n_concepts = self.scores_at_rows, self.scores_at_rows.n_rows, self.source.n_concepts
         per_block = 2 * CACHE_ELEMENTS  # rows of all concepts that fit the cache
         rows_per_block = max(1, min(image_chunk, n_rows, per_block // n_concepts))
         step = min(n_concepts, max(1, per_block // rows_per_block))
+        direct = isinstance(src, ConceptScores) and src.is_view_of_rows()  # read P where it lies
+        # A view of a P stored by columns would make a fresh a·P − max column-major too, which sums in
+        # another order: such blocks keep their fresh temporary, so that results stay bit for bit the same.
+        in_buffer = not direct or src.scores.stride(1) == 1
+        buffer = torch.empty(rows_per_block * step, dtype=self.offsets.dtype, device=self.offsets.device)
         parts = []
         for r in range(0, n_rows, rows_per_block):
+            height = min(rows_per_block, n_rows - r)
             peak = total = None
             for s in range(0, n_concepts, step):
-                block = src.block(s, min(s + step, n_concepts), r, r + rows_per_block, writable=False)
+                stop = min(s + step, n_concepts)
+                work = buffer[: height * (stop - s)].view(height, stop - s)
+                block = (
+                    src.block(s, stop, r, r + height, writable=False) if direct else src.block_into(work, s, stop, r)
+                )
                 block_peak = block.amax(dim=1).mul_(self.a)  # a > 0
                 new_peak = block_peak if peak is None else torch.maximum(peak, block_peak)
-                block_sum = torch.add(-new_peak[:, None], block, alpha=self.a).exp_().sum(dim=1)  # a·P − max, one pass
+                # a·P − max, one pass, written over the block (or, for a P read where it lies, into the buffer)
+                shifted = (
+                    torch.add(-new_peak[:, None], block, alpha=self.a, out=work)
+                    if in_buffer
+                    else torch.add(-new_peak[:, None], block, alpha=self.a)
+                )
+                block_sum = shifted.exp_().sum(dim=1)
                 total = block_sum if total is None else total.mul_(torch.exp(peak - new_peak)).add_(block_sum)
                 peak = new_peak
             parts.append(peak + torch.log(total))
@@ -214,18 +245,34 @@ class WpmiKernel(Kernel):
         width = stop - start
         # Sums of logs and the prior reach |x| ~ 10², where float32 cannot resolve the score differences
         # that matter near S = log K (where soft-WPMI saturates), so they accumulate in float64.
-        log_e = torch.full((k, width), self.log_p_total, dtype=torch.float64, device=q.device)
+        log_e = self._buffer("log_e", k * width, torch.float64).view(k, width).fill_(self.log_p_total)
         block = max(1, CACHE_ELEMENTS // (self.group * width))  # neurons whose terms stay in cache
+        # The work arrays of every (neuron block, term group) live in buffers that serve all of them and
+        # every concept block: the products' four-megabyte temporaries would otherwise be allocated and
+        # freed thousands of times a call.
+        terms_buffer = self._buffer("terms", block * self.group * width, q.dtype)
+        product_buffer = self._buffer("product", block * width, q.dtype)
+        log_buffer = self._buffer("log", block * width, torch.float64)
         for k0 in range(0, k, block):
             k1 = min(k, k0 + block)
             acc = log_e[k0:k1]
             for j0 in range(0, top_k, self.group):
                 j1 = min(top_k, j0 + self.group)
-                terms = q.index_select(0, self.positions[k0:k1, j0:j1].reshape(-1)).view(k1 - k0, j1 - j0, width)
-                terms.add_(self.offsets[j0:j1].view(1, -1, 1))
-                acc.add_(terms.prod(dim=1).to(torch.float64).log_())
+                index = self.positions[k0:k1, j0:j1].reshape(-1)
+                terms = torch.index_select(q, 0, index, out=terms_buffer[: index.numel() * width].view(-1, width))
+                terms = terms.view(k1 - k0, j1 - j0, width).add_(self.offsets[j0:j1].view(1, -1, 1))
+                product = torch.prod(terms, dim=1, out=product_buffer[: (k1 - k0) * width].view(k1 - k0, width))
+                acc.add_(log_buffer[: (k1 - k0) * width].view(k1 - k0, width).copy_(product).log_())
         log_prior = torch.logsumexp(log_e, dim=0) - math.log(k)
-        return log_e.sub_(log_prior, alpha=self.lam).to(q.dtype)
+        log_e.sub_(log_prior, alpha=self.lam)
+        return torch.empty((k, width), dtype=q.dtype, device=q.device).copy_(log_e)  # log_e is reused
+
+    def _buffer(self, name: str, numel: int, dtype: torch.dtype) -> Tensor:
+        """A flat work array that persists across concept blocks, grown only when a block needs more."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self._buffers[name] = torch.empty(numel, dtype=dtype, device=self.offsets.device)
+        return buffer[:numel]
 
 
 def _needed_rows(top: Tensor, source: Source) -> tuple[Tensor, Tensor, Source]:

@@ -31,7 +31,9 @@ class ConceptScores:
         """Write ``P[rows[row_start:row_start + len(out)], start:stop]`` into ``out`` (one pass, no temporary)."""
         columns = self.scores[:, start:stop]
         row_stop = row_start + out.shape[0]
-        if self._rows is not None and columns.dtype == out.dtype and columns.device == out.device:
+        if self._rows is None:
+            return out.copy_(columns[row_start:row_stop])  # converts dtype and device as it copies: no temporary
+        if columns.dtype == out.dtype and columns.device == out.device:
             return torch.index_select(columns, 0, self._rows[row_start:row_stop], out=out)
         return out.copy_(self.block(start, stop, row_start, row_stop, writable=False))
 

@@ -19,9 +19,14 @@ def topk_lowest_index(x: Tensor, k: int, *, block_elements: int = 1 << 22) -> tu
     if k > width:
         raise ValueError(f"cannot take the top {k} of {width} entries")
     step = max(1, block_elements // max(width, 1))
-    if rows > step:
-        parts = [topk_lowest_index(x[r : r + step], k, block_elements=block_elements) for r in range(0, rows, step)]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    if rows > step:  # written into the outputs block by block: no list of parts to concatenate (twice the result)
+        values = torch.empty((rows, k), dtype=x.dtype, device=x.device)
+        index = torch.empty((rows, k), dtype=torch.long, device=x.device)
+        for r in range(0, rows, step):
+            values[r : r + step], index[r : r + step] = topk_lowest_index(
+                x[r : r + step], k, block_elements=block_elements
+            )
+        return values, index
     if k == 0:
         return x[:, :0], torch.empty((rows, 0), dtype=torch.long, device=x.device)
     x = x.contiguous()

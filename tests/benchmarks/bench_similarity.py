@@ -4,22 +4,37 @@ The baseline follows CLIP-Dissect's code path: the whole N×M matrix (and its so
 Python loop over neurons (rank-reorder: two sorts per column). For (soft-)WPMI a tighter per-neuron
 loop is timed too ("baseline_lean"). Ours streams concept blocks. All get the same P; ours is also run
 with P given implicitly by embeddings. Timings are the best of --repeat runs (all listed), all in this
-process; peak memory above the inputs is measured per call in a fresh process that rebuilds the same
-seeded inputs. Prints one JSON document.
+process. Memory is measured as users run the code: each call once more in a fresh process (spawned,
+no environment variable set by us) that rebuilds the same seeded inputs and runs with glibc's default
+allocator policy. It reports the peak resident set size during the call (the kernel's high-water mark
+``VmHWM``, reset just before the call; it includes the interpreter, torch and the inputs), the part
+above what was resident before the call, the child's peak over its whole life (building the inputs
+included) and the call's wall time there. (``ru_maxrss`` is not used: in a spawned child it starts at
+the parent's resident size when it forked, which exec carries over.) ``--allocator`` measures
+with the old tweaks instead, for comparison. Prints one JSON document.
 
     python tests/benchmarks/bench_similarity.py                       # N=20 000, K=512, M=5 000 on CPU
     python tests/benchmarks/bench_similarity.py --scale imagenet      # N=50 000, K=2 048, M=20 000
     python tests/benchmarks/bench_similarity.py --device cuda --scale imagenet
+    # memory and time of each call in a fresh process only (no in-process timing pass):
+    python tests/benchmarks/bench_similarity.py --scale imagenet --no-baseline --memory-only \
+        --methods soft_wpmi wpmi cos cos3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import json
 import math
 import multiprocessing
+import os
 import platform
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -28,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from discover_ray.similarity import METHODS, rank_reorder_permutations, top_concepts  # noqa: E402
-from tests.benchmarks._measure import emit, fix_allocator, peak_memory, time_call  # noqa: E402
+from tests.benchmarks._measure import emit, fix_allocator, time_call  # noqa: E402
 
 SCALES = {"20k": (20_000, 512, 5_000), "imagenet": (50_000, 2_048, 20_000), "small": (4_000, 128, 1_000)}
 EMBED_DIM = 512
@@ -164,8 +179,55 @@ def make_calls(method, a, scores, dev_emb, device, run_baseline) -> dict:
     return calls
 
 
-def child_peak_memory(arg_values: dict, method: str, name: str) -> dict:
-    """Runs in a fresh process: rebuild the inputs, then measure one call's peak memory above them."""
+ALLOCATORS = {
+    "default": "glibc's defaults, as users run the code",
+    "mmap-threshold": "mallopt(M_MMAP_THRESHOLD, 128 KiB) in the child before the call (the old harness)",
+    "arena-max-2": "MALLOC_ARENA_MAX=2 in the child's environment",
+}
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+class _RssSampler(threading.Thread):
+    """Samples /proc/self/status every ``interval`` s: the largest VmRSS seen and its anonymous and file parts."""
+
+    FIELDS = ("VmRSS", "RssAnon", "RssFile")
+
+    def __init__(self, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.done = threading.Event()
+        self.peak = dict.fromkeys(self.FIELDS, 0.0)
+
+    def sample(self) -> None:
+        with open("/proc/self/status") as status:
+            now = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in status if line.startswith(self.FIELDS)}
+        if now.get("VmRSS", 0.0) >= self.peak["VmRSS"]:
+            self.peak.update(now)
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> dict[str, float]:
+        self.done.set()
+        self.join()
+        self.sample()
+        return {f"sampled_peak_{name}_mib": round(value, 1) for name, value in self.peak.items()}
+
+
+def child_memory(arg_values: dict, method: str, name: str) -> dict:
+    """Runs in a fresh process: rebuild the inputs, then one call's peak resident memory and wall time.
+
+    Nothing is done to the allocator unless ``--allocator`` asks for it (no trim, no mallopt): the
+    call meets the heap that building its inputs left, as it would in a user's process.
+    """
     args = argparse.Namespace(**arg_values)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     n, k, m = SCALES[args.scale]
@@ -174,16 +236,70 @@ def child_peak_memory(arg_values: dict, method: str, name: str) -> dict:
         acts = acts[:, : args.rank_reorder_neurons]
     scores = image_emb @ concept_emb.T if name in ("baseline", "baseline_lean", "ours_given_P") else None
     dev_emb = (image_emb.to(args.device), concept_emb.to(args.device))
+    device = "cpu" if name.startswith("baseline") else args.device
     call = make_calls(method, acts, scores, dev_emb, args.device, name.startswith("baseline"))[name]
-    if args.device == "cpu" or name.startswith("baseline"):
+    gc.collect()
+    if args.allocator == "mmap-threshold":  # the old harness: large buffers by mmap, the heap trimmed first
         fix_allocator()
-    return peak_memory(call, "cpu" if name.startswith("baseline") else args.device)
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+    inputs_peak = _status_mib("VmHWM")  # the child's peak so far: interpreter, torch and building the inputs
+    before = _status_mib("VmRSS")
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        cuda_before = torch.cuda.memory_allocated()
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset the high-water mark VmHWM to the current resident size
+    sampler = _RssSampler()
+    sampler.start()
+    start = time.perf_counter()
+    call()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = _status_mib("VmHWM")
+    sampled = sampler.stop()
+    stats = {
+        "seconds_fresh_process": round(seconds, 2),
+        "peak_rss_mib": round(peak, 1),
+        "extra_mib": round(peak - before, 1),
+        "rss_before_mib": round(before, 1),
+        "process_peak_rss_mib": round(max(peak, inputs_peak), 1),
+        **sampled,
+        "threads": torch.get_num_threads(),
+        "allocator": args.allocator,
+    }
+    if device == "cuda":
+        stats["cuda_extra_mib"] = round((torch.cuda.max_memory_allocated() - cuda_before) / 2**20, 1)
+    return stats
+
+
+def _malloc_env() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+
+
+@contextlib.contextmanager
+def _child_environment(allocator: str):
+    """The environment a spawned child starts with: ours without any glibc malloc variable (so that the
+    default really is glibc's default), plus MALLOC_ARENA_MAX=2 for ``arena-max-2``."""
+    saved = _malloc_env()
+    for name in saved:
+        del os.environ[name]
+    if allocator == "arena-max-2":
+        os.environ["MALLOC_ARENA_MAX"] = "2"
+    try:
+        yield
+    finally:
+        os.environ.pop("MALLOC_ARENA_MAX", None)
+        os.environ.update(saved)
 
 
 def run(args) -> dict:
     n, k, m = SCALES[args.scale]
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    acts, image_emb, concept_emb = make_inputs(n, k, m)
+    # With --memory-only every call runs in a child that builds its own inputs; this process needs none.
+    acts, image_emb, concept_emb = (None, None, None) if args.memory_only else make_inputs(n, k, m)
     report = {
         "benchmark": "similarity.top_concepts",
         "scale": {"N": n, "K": k, "M": m, "embed_dim": EMBED_DIM},
@@ -196,11 +312,16 @@ def run(args) -> dict:
     }
     if args.device == "cuda":
         report["gpu"] = torch.cuda.get_device_name()
-    run_baseline = not args.no_baseline and args.scale != "imagenet"
-    scores = image_emb @ concept_emb.T if run_baseline or args.given_p else None
-    dev_emb = (image_emb.to(args.device), concept_emb.to(args.device))
+    run_baseline = not args.no_baseline and args.scale != "imagenet" and not args.memory_only
+    scores = image_emb @ concept_emb.T if (run_baseline or args.given_p) and not args.memory_only else None
+    dev_emb = None if args.memory_only else (image_emb.to(args.device), concept_emb.to(args.device))
+    report["memory"] = {
+        "allocator": args.allocator,
+        "how": ALLOCATORS[args.allocator],
+        "malloc_env_removed_for_children": sorted(_malloc_env()),
+    }
     # Phase 1: timings (default allocator) and answers, all in this process.
-    for method in args.methods:
+    for method in [] if args.memory_only else args.methods:
         a = acts
         entry: dict = {}
         if method == "rank_reorder" and 0 < args.rank_reorder_neurons < k:
@@ -232,14 +353,18 @@ def run(args) -> dict:
                 }
         report["results"][method] = entry
 
-    # Phase 2: peak memory of each call, each in a fresh process that rebuilds the same seeded inputs,
-    # so that no call's measurement inherits what an earlier one left in the allocator.
+    # Phase 2: peak memory of each call, each in a fresh process that rebuilds the same seeded inputs, so
+    # that no call's measurement inherits what an earlier one left in the allocator, under glibc's
+    # default policy unless --allocator asks for an old tweak.
     spawn = multiprocessing.get_context("spawn")
     for method in args.methods:
-        entry = report["results"][method]
-        for name in [n for n in ("baseline", "baseline_lean", "ours_given_P", "ours_embeddings") if n in entry]:
-            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-                entry[name].update(pool.submit(child_peak_memory, vars(args), method, name).result())
+        entry = report["results"].setdefault(method, {})
+        names = ("baseline", "baseline_lean", "ours_given_P", "ours_embeddings")
+        if args.memory_only:
+            names = ("ours_given_P", "ours_embeddings") if args.given_p else ("ours_embeddings",)
+        for name in [n for n in names if n in entry or args.memory_only]:
+            with _child_environment(args.allocator), ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                entry.setdefault(name, {}).update(pool.submit(child_memory, vars(args), method, name).result())
         if "baseline" in entry:
             entry["extra_memory_ratio_embeddings_vs_baseline"] = round(
                 entry["ours_embeddings"]["extra_mib"] / max(entry["baseline"]["extra_mib"], 1e-9), 4
@@ -261,6 +386,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best time is reported")
     parser.add_argument("--no-check-float64", dest="check_float64", action="store_false")
+    parser.add_argument(
+        "--allocator",
+        choices=sorted(ALLOCATORS),
+        default="default",
+        help="allocator policy of the memory children: default (as users run), or an old tweak to compare",
+    )
+    parser.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="skip the in-process timing pass: each of ours runs once, in a fresh process (memory and seconds)",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     emit(run(args), args.out)
